@@ -1,0 +1,1 @@
+"""Scheduled background jobs with a single-runner lease and cache invalidation helpers."""

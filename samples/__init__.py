@@ -1,0 +1,1 @@
+"""Samples showing the library at work."""

@@ -1,0 +1,1 @@
+"""The inventory site: web app, import job and the one-command demo."""

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install everything into .venv and run the whole suite: lint, types, tests.
+# Starts Redis and PostgreSQL on loopback if they are down; fails if a real part is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[dev]'
+bash scripts/services.sh
+.venv/bin/ruff check .
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"
