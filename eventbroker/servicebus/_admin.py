@@ -1,0 +1,168 @@
+"""Provisioning through `ServiceBusAdministrationClient`: topic, subscription, own-message rule.
+
+The SDK's ``aio.management`` client imports aiohttp unconditionally, so the transport uses the
+synchronous administration client (requests, a hard dependency of azure-core) on a worker
+thread: provisioning happens at start, stop and reconnect only. An async credential is
+bridged to it through the transport's loop. ``administration_endpoint`` redirects the client's
+``https://<namespace>`` requests to another base URL, such as the loopback broker's plain HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.pipeline.transport import HttpRequest, HttpResponse, RequestsTransport
+from azure.servicebus.management import ServiceBusAdministrationClient, SqlRuleFilter
+
+from ._errors import ServiceBusStartError
+from ._options import ServiceBusOptions
+
+if TYPE_CHECKING:
+    from azure.core.credentials import AccessToken
+    from azure.core.credentials_async import AsyncTokenCredential
+
+_log = logging.getLogger(__name__)
+OWN_MESSAGES_RULE = "exclude-own-messages"
+DEFAULT_RULE = "$Default"
+_TOKEN_TIMEOUT = 60.0
+_T = TypeVar("_T")
+
+
+class EndpointTransport(RequestsTransport):  # type: ignore[misc]
+    """An azure-core transport sending every request to ``base_url`` instead of its host."""
+
+    def __init__(self, base_url: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._base = urlsplit(base_url.rstrip("/"))
+
+    def send(self, request: HttpRequest, **kwargs: Any) -> HttpResponse:
+        parts = urlsplit(request.url)
+        request.url = urlunsplit(
+            (self._base.scheme, self._base.netloc, self._base.path + parts.path, parts.query, "")
+        )
+        response: HttpResponse = super().send(request, **kwargs)
+        return response
+
+
+class LoopBridgedCredential:
+    """A sync `TokenCredential` over an async one, for use from worker threads only."""
+
+    def __init__(self, credential: AsyncTokenCredential, loop: asyncio.AbstractEventLoop) -> None:
+        self._credential = credential
+        self._loop = loop
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        future = asyncio.run_coroutine_threadsafe(
+            self._credential.get_token(*scopes, **kwargs), self._loop
+        )
+        return future.result(_TOKEN_TIMEOUT)
+
+
+def admin_client(
+    options: ServiceBusOptions,
+    credential: AsyncTokenCredential | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> ServiceBusAdministrationClient:
+    """An administration client for `options`; ``credential`` and ``loop`` for the namespace path."""
+    transport = (
+        EndpointTransport(options.administration_endpoint)
+        if options.administration_endpoint
+        else RequestsTransport()
+    )
+    kwargs: dict[str, Any] = {"transport": transport, "retry_total": options.sdk_retry_total}
+    if options.connection_string is not None:
+        return ServiceBusAdministrationClient.from_connection_string(
+            options.connection_string, **kwargs
+        )
+    assert options.fully_qualified_namespace is not None
+    assert credential is not None and loop is not None
+    bridged = LoopBridgedCredential(credential, loop)
+    return ServiceBusAdministrationClient(options.fully_qualified_namespace, bridged, **kwargs)
+
+
+async def _run(call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    return await asyncio.to_thread(call, *args, **kwargs)
+
+
+class Provisioner:
+    """Creates and deletes this instance's subscription (and the topic, if allowed)."""
+
+    def __init__(
+        self, client: ServiceBusAdministrationClient, options: ServiceBusOptions, subscription: str
+    ) -> None:
+        self._client = client
+        self._options = options
+        self.subscription = subscription
+
+    async def ensure_topic(self) -> None:
+        """Check the topic exists; create it when allowed, else raise `ServiceBusStartError`."""
+        topic = self._options.topic
+        try:
+            await _run(self._client.get_topic, topic)
+            return
+        except ResourceNotFoundError:
+            if not self._options.create_missing_topic:
+                raise ServiceBusStartError(
+                    f"Service Bus topic {topic!r} does not exist: create it, or set "
+                    "ServiceBusOptions.create_missing_topic=True"
+                ) from None
+        try:
+            await _run(self._client.create_topic, topic)
+            _log.info("created Service Bus topic %r", topic)
+        except ResourceExistsError:
+            pass  # another instance won the race
+
+    async def ensure_subscription(self, instance_id: str) -> bool:
+        """Create the subscription unless it exists; True when it was created now."""
+        topic, name = self._options.topic, self.subscription
+        try:
+            await _run(
+                self._client.create_subscription,
+                topic,
+                name,
+                auto_delete_on_idle=datetime.timedelta(seconds=self._options.auto_delete_on_idle),
+            )
+        except ResourceExistsError:
+            _log.info("reusing Service Bus subscription %r on topic %r", name, topic)
+            return False
+        _log.info("created Service Bus subscription %r on topic %r", name, topic)
+        if self._options.filter_own_messages:
+            await self._filter_own_messages(instance_id)
+        return True
+
+    async def _filter_own_messages(self, instance_id: str) -> None:
+        topic, name = self._options.topic, self.subscription
+        rule = SqlRuleFilter(
+            "sys.Label IS NULL OR sys.Label <> @own", parameters={"@own": instance_id}
+        )
+        with contextlib.suppress(ResourceExistsError):
+            await _run(self._client.create_rule, topic, name, OWN_MESSAGES_RULE, filter=rule)
+        with contextlib.suppress(ResourceNotFoundError):
+            await _run(self._client.delete_rule, topic, name, DEFAULT_RULE)
+
+    def close(self) -> None:
+        """Close the administration client's HTTP session."""
+        self._client.close()
+
+    async def subscription_exists(self) -> bool:
+        """Whether the subscription still exists (it vanishes when auto-deleted)."""
+        try:
+            await _run(self._client.get_subscription, self._options.topic, self.subscription)
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    async def delete_subscription(self) -> None:
+        """Delete the subscription; a missing one is fine."""
+        try:
+            await _run(self._client.delete_subscription, self._options.topic, self.subscription)
+            _log.info("deleted Service Bus subscription %r", self.subscription)
+        except ResourceNotFoundError:
+            pass

@@ -1,0 +1,510 @@
+"""`ServiceBusTransport`: the production `Transport` over one Azure Service Bus topic.
+
+Everything async runs on the broker's loop: one long-lived sender and one PEEK_LOCK receiver
+(opening costs about half a second, so never per message), a send task draining a bounded,
+thread-safe outgoing queue into `ServiceBusMessageBatch`es, and a receive task handing each
+body to the sink and settling it once local dispatch has finished. Both tasks reconnect
+forever with exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import inspect
+import itertools
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusReceiveMode
+from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
+from azure.servicebus.amqp import AmqpMessageBodyType
+
+from .._transport import (
+    ConnectionState,
+    PublishError,
+    Rejection,
+    TransportMessage,
+    TransportSink,
+)
+from ._admin import Provisioner, admin_client
+from ._backoff import Backoff
+from ._errors import ServiceBusConfigurationError, ServiceBusStartError
+from ._naming import check_subscription_name, default_subscription_name
+from ._options import ServiceBusOptions
+
+if TYPE_CHECKING:
+    from azure.core.credentials_async import AsyncTokenCredential
+    from azure.servicebus import ServiceBusReceivedMessage
+
+_log = logging.getLogger(__name__)
+_CLOSE_TIMEOUT = 5.0
+
+
+class ServiceBusTransport:
+    """Broadcast through one Azure Service Bus topic; one subscription per instance.
+
+    ``ServiceBusTransport(ServiceBusOptions(connection_string=..., topic="shop-events"))``, or
+    ``ServiceBusTransport()`` to read every setting from ``EVENTBROKER_SERVICEBUS_*``.
+    `clock` and `random` are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        options: ServiceBusOptions | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        random: Callable[[], float] = random.random,
+    ) -> None:
+        self.options = options if options is not None else ServiceBusOptions.from_env()
+        self._clock = clock
+        self._random = random
+        self._subscription_name: str | None = None
+        self._lock = threading.Lock()
+        self._queue: deque[TransportMessage] = deque()
+        self._accepting = False
+        self._wake_pending = False
+        self._send_down_since: float | None = None
+        self._send_error = ""
+        self._receive_down = False
+        self._stopping = False
+        self._in_receive = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._drained: asyncio.Event | None = None
+        self._sink: TransportSink | None = None
+        self._credential: AsyncTokenCredential | None = None
+        self._owns_credential = False
+        self._client: ServiceBusClient | None = None
+        self._provisioner: Provisioner | None = None
+        self._sender: ServiceBusSender | None = None
+        self._receiver: ServiceBusReceiver | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def subscription_name(self) -> str | None:
+        """This instance's subscription, known once `start` has run."""
+        return self._subscription_name
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, sink: TransportSink) -> None:
+        """Provision the subscription, open the sender and receiver, start the loops."""
+        if self._loop is not None:
+            raise RuntimeError("ServiceBusTransport.start() was already called")
+        options = self.options
+        name = options.subscription_name or default_subscription_name(sink.application_name)
+        check_subscription_name(name)
+        self._subscription_name = name
+        self._sink = sink
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._wakeup = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._client = self._make_client()
+        admin = admin_client(options, self._credential, self._loop)
+        self._provisioner = Provisioner(admin, options, name)
+        try:
+            await self._provisioner.ensure_topic()
+            await self._provisioner.ensure_subscription(sink.instance_id)
+            self._sender, self._receiver = await asyncio.gather(
+                self._open_sender(), self._open_receiver()
+            )
+        except BaseException as exc:
+            await self._close_all()
+            if isinstance(exc, ServiceBusConfigurationError | ServiceBusStartError):
+                raise
+            if not isinstance(exc, Exception):
+                raise
+            raise ServiceBusStartError(
+                f"could not start the Service Bus transport on topic {options.topic!r} "
+                f"(subscription {name!r}): {type(exc).__name__}: {exc}"
+            ) from exc
+        with self._lock:
+            self._accepting = True
+        self._tasks = [
+            asyncio.create_task(self._send_loop(), name="servicebus-send"),
+            asyncio.create_task(self._receive_loop(), name="servicebus-receive"),
+        ]
+        _log.info("Service Bus transport started: topic %r, subscription %r", options.topic, name)
+        sink.connection_changed(ConnectionState.CONNECTED)
+
+    async def stop(self) -> None:
+        """Flush queued messages within ``stop_timeout``, close handlers, delete the subscription."""
+        with self._lock:
+            self._accepting = False
+        if not self._tasks:
+            await self._close_all()
+            return
+        send_task, receive_task = self._tasks
+        unsent = await self._flush(self.options.stop_timeout)
+        if unsent:
+            _log.warning(
+                "Service Bus transport stopped with %d message(s) unsent after %.1f s",
+                unsent,
+                self.options.stop_timeout,
+            )
+        self._stopping = True
+        send_task.cancel()
+        if self._in_receive:
+            receive_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(asyncio.gather(send_task, receive_task), _CLOSE_TIMEOUT)
+        self._tasks = []
+        await asyncio.gather(self._close_sender(), self._close_receiver())
+        if self.options.delete_subscription_on_stop and self._provisioner is not None:
+            try:
+                await self._provisioner.delete_subscription()
+            except Exception as exc:
+                _log.warning(
+                    "could not delete Service Bus subscription %r (AutoDeleteOnIdle will): %s",
+                    self._subscription_name,
+                    exc,
+                )
+        await self._close_all()
+        _log.info("Service Bus transport stopped (subscription %r)", self._subscription_name)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def publish(self, message: TransportMessage) -> None:
+        """Queue `message` (any thread, never blocks); raise `PublishError` saying why not."""
+        options = self.options
+        if len(message.body) > options.max_message_size:
+            raise PublishError(
+                f"message of {len(message.body)} bytes is larger than the Service Bus limit of "
+                f"{options.max_message_size} bytes (ServiceBusOptions.max_message_size)"
+            )
+        down_since = self._send_down_since
+        if down_since is not None and self._clock() - down_since > options.publish_deadline:
+            raise PublishError(
+                f"Service Bus has been unreachable for {self._clock() - down_since:.0f} s "
+                f"(more than publish_deadline={options.publish_deadline:g} s); message not "
+                f"queued. Last error: {self._send_error}"
+            )
+        with self._lock:
+            if not self._accepting:
+                raise PublishError(
+                    "the Service Bus transport is not running: start the broker first "
+                    "(or it has been stopped)"
+                )
+            if len(self._queue) >= options.max_queued_messages:
+                raise PublishError(
+                    f"the Service Bus outgoing queue is full ({options.max_queued_messages} "
+                    "messages, ServiceBusOptions.max_queued_messages): sends are not keeping up "
+                    "or the broker is unreachable"
+                )
+            self._queue.append(message)
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake:
+            self._wake()
+
+    def _wake(self) -> None:
+        assert self._loop is not None and self._wakeup is not None
+        if threading.get_ident() == self._loop_thread:
+            self._wakeup.set()
+        else:
+            self._loop.call_soon_threadsafe(self._wakeup.set)
+
+    async def _flush(self, deadline: float) -> int:
+        """Wait until the queue is sent or `deadline` seconds pass; the number left unsent."""
+        assert self._drained is not None
+        with self._lock:
+            if not self._queue:
+                return 0
+            self._drained.clear()
+        self._wake()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), deadline)
+        with self._lock:
+            return len(self._queue)
+
+    async def _send_loop(self) -> None:
+        assert self._wakeup is not None and self._drained is not None
+        backoff = Backoff(
+            self.options.reconnect_initial_backoff, self.options.reconnect_max_backoff, self._random
+        )
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            with self._lock:
+                self._wake_pending = False
+            if self.options.batch_window:
+                await asyncio.sleep(self.options.batch_window)
+            while True:
+                with self._lock:
+                    pending = list(itertools.islice(self._queue, self.options.max_batch_messages))
+                if not pending:
+                    self._drained.set()
+                    break
+                try:
+                    if self._sender is None:
+                        self._sender = await self._open_sender()
+                    sent = await self._send_batch(self._sender, pending)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._on_send_failure(exc)
+                    await self._close_sender()
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+                with self._lock:
+                    for _ in range(sent):
+                        self._queue.popleft()
+                backoff.reset()
+                if self._send_down_since is not None:
+                    _log.info(
+                        "Service Bus sends work again after %.1f s",
+                        self._clock() - self._send_down_since,
+                    )
+                    self._send_down_since = None
+
+    async def _send_batch(
+        self, sender: ServiceBusSender, pending: Sequence[TransportMessage]
+    ) -> int:
+        """Send the longest prefix of `pending` that fits one batch; how many were sent."""
+        batch: ServiceBusMessageBatch = await sender.create_message_batch()
+        count = 0
+        for message in pending:
+            try:
+                batch.add_message(self._to_service_bus(message))
+            except ValueError:  # MessageSizeExceededError: the batch is full
+                break
+            count += 1
+        if count == 0:
+            _log.error(
+                "dropping message %s: %d bytes do not fit a Service Bus batch (%d bytes max)",
+                pending[0].message_id,
+                len(pending[0].body),
+                batch.max_size_in_bytes,
+            )
+            return 1
+        await sender.send_messages(batch)
+        return count
+
+    def _to_service_bus(self, message: TransportMessage) -> ServiceBusMessage:
+        ttl = self.options.message_time_to_live
+        return ServiceBusMessage(
+            message.body,
+            message_id=message.message_id,
+            subject=message.source_instance_id,
+            time_to_live=datetime.timedelta(seconds=ttl) if ttl is not None else None,
+        )
+
+    def _on_send_failure(self, exc: Exception) -> None:
+        self._send_error = f"{type(exc).__name__}: {exc}"
+        if self._send_down_since is None:
+            self._send_down_since = self._clock()
+            _log.warning(
+                "Service Bus send failed (%s); %d message(s) kept queued, retrying with backoff",
+                self._send_error,
+                len(self._queue),
+            )
+        else:
+            _log.debug("Service Bus send failed again: %s", self._send_error)
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        backoff = Backoff(
+            self.options.reconnect_initial_backoff, self.options.reconnect_max_backoff, self._random
+        )
+        while not self._stopping:
+            try:
+                if self._receiver is None:
+                    await self._reconnect_receiver()
+                assert self._receiver is not None
+                self._in_receive = True
+                try:
+                    messages = await self._receiver.receive_messages(
+                        max_message_count=self.options.prefetch_count,
+                        max_wait_time=self.options.receive_wait,
+                    )
+                finally:
+                    self._in_receive = False
+                if messages:
+                    await self._dispatch(self._receiver, messages)
+                backoff.reset()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._stopping:
+                    return
+                self._on_receive_failure(exc)
+                await self._close_receiver()
+                await asyncio.sleep(backoff.next_delay())
+
+    def _on_receive_failure(self, exc: Exception) -> None:
+        if not self._receive_down:
+            self._receive_down = True
+            _log.warning(
+                "Service Bus receive failed (%s: %s); reconnecting with backoff",
+                type(exc).__name__,
+                exc,
+            )
+            assert self._sink is not None
+            self._sink.connection_changed(ConnectionState.DISCONNECTED)
+        else:
+            _log.debug("Service Bus reconnect failed again: %s: %s", type(exc).__name__, exc)
+
+    async def _reconnect_receiver(self) -> None:
+        assert self._provisioner is not None and self._sink is not None
+        recreated = False
+        if not await self._provisioner.subscription_exists():
+            recreated = await self._provisioner.ensure_subscription(self._sink.instance_id)
+        self._receiver = await self._open_receiver()
+        was_down, self._receive_down = self._receive_down, False
+        if recreated:
+            _log.warning(
+                "Service Bus subscription %r had vanished and was recreated: messages sent "
+                "meanwhile are lost",
+                self._subscription_name,
+            )
+            self._sink.connection_changed(ConnectionState.SUBSCRIPTION_RECREATED)
+        elif was_down:
+            _log.info("Service Bus receiver reconnected")
+            self._sink.connection_changed(ConnectionState.RECONNECTED)
+
+    async def _dispatch(
+        self, receiver: ServiceBusReceiver, messages: Sequence[ServiceBusReceivedMessage]
+    ) -> None:
+        assert self._sink is not None
+        settles: list[Awaitable[None]] = []
+        for message in messages:
+            body = _body_bytes(message)
+            outcome: asyncio.Future[Rejection | None]
+            if body is None:
+                outcome = asyncio.get_running_loop().create_future()
+                outcome.set_result(
+                    Rejection(
+                        "malformed", f"message body type {message.body_type} is not binary data"
+                    )
+                )
+            else:
+                outcome = self._sink.deliver(body)
+            settles.append(self._settle(receiver, message, outcome))
+        await asyncio.gather(*settles)
+
+    async def _settle(
+        self,
+        receiver: ServiceBusReceiver,
+        message: ServiceBusReceivedMessage,
+        outcome: asyncio.Future[Rejection | None],
+    ) -> None:
+        try:
+            rejection = await outcome
+        except Exception as exc:  # the sink's bug: do not lose the message, let it be redelivered
+            _log.exception("delivering Service Bus message %s failed", message.message_id)
+            rejection = Rejection("delivery_failed", f"{type(exc).__name__}: {exc}")
+        try:
+            if rejection is None:
+                await receiver.complete_message(message)
+            else:
+                _log.info(
+                    "dead-lettering Service Bus message %s: %s %s",
+                    message.message_id,
+                    rejection.reason,
+                    rejection.description,
+                )
+                await receiver.dead_letter_message(
+                    message, reason=rejection.reason, error_description=rejection.description
+                )
+        except Exception as exc:
+            # lock lost or link gone: the message comes back and the receiver de-duplicates it
+            _log.debug("settling Service Bus message %s failed: %s", message.message_id, exc)
+
+    # -- handlers --------------------------------------------------------------------------
+
+    def _make_client(self) -> ServiceBusClient:
+        options = self.options
+        kwargs: dict[str, Any] = {
+            "retry_total": options.sdk_retry_total,
+            "retry_backoff_max": options.reconnect_max_backoff,
+        }
+        if options.connection_string is not None:
+            return ServiceBusClient.from_connection_string(options.connection_string, **kwargs)
+        assert options.fully_qualified_namespace is not None
+        if options.credential is not None:
+            if not inspect.iscoroutinefunction(options.credential.get_token):
+                raise ServiceBusConfigurationError(
+                    "ServiceBusOptions.credential must be an async credential (from "
+                    "azure.identity.aio, with 'async def get_token'), as the SDK's aio client needs"
+                )
+            self._credential = options.credential
+        else:
+            from azure.identity.aio import DefaultAzureCredential
+
+            self._credential = DefaultAzureCredential()
+            self._owns_credential = True
+        if options.use_development_emulator:
+            kwargs["use_tls"] = False
+        return ServiceBusClient(options.fully_qualified_namespace, self._credential, **kwargs)
+
+    async def _open_sender(self) -> ServiceBusSender:
+        assert self._client is not None
+        return await _opened(self._client.get_topic_sender(self.options.topic))
+
+    async def _open_receiver(self) -> ServiceBusReceiver:
+        assert self._client is not None and self._subscription_name is not None
+        receiver = self._client.get_subscription_receiver(
+            self.options.topic,
+            self._subscription_name,
+            receive_mode=ServiceBusReceiveMode.PEEK_LOCK,
+            prefetch_count=self.options.prefetch_count,
+        )
+        return await _opened(receiver)
+
+    async def _close_sender(self) -> None:
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            await _close_quietly(sender)
+
+    async def _close_receiver(self) -> None:
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            await _close_quietly(receiver)
+
+    async def _close_all(self) -> None:
+        await asyncio.gather(self._close_sender(), self._close_receiver())
+        if self._provisioner is not None:
+            self._provisioner.close()
+        client, self._client = self._client, None
+        if client is not None:
+            await _close_quietly(client)
+        if self._owns_credential and self._credential is not None:
+            await _close_quietly(self._credential)
+
+
+def _body_bytes(message: ServiceBusReceivedMessage) -> bytes | None:
+    """The message body as bytes, or None when it is not binary data (an AMQP value)."""
+    if message.body_type == AmqpMessageBodyType.DATA:
+        return b"".join(message.body)
+    body = message.body
+    return body if isinstance(body, bytes) else None
+
+
+_Handler = TypeVar("_Handler", ServiceBusSender, ServiceBusReceiver)
+
+
+async def _opened(handler: _Handler) -> _Handler:
+    """Open `handler` (about half a second); close it again if opening fails."""
+    try:
+        await handler.__aenter__()
+    except BaseException:
+        await _close_quietly(handler)
+        raise
+    return handler
+
+
+async def _close_quietly(closeable: Any) -> None:
+    try:
+        await asyncio.wait_for(closeable.close(), _CLOSE_TIMEOUT)
+    except Exception as exc:
+        _log.debug("closing %s failed: %s", type(closeable).__name__, exc)
