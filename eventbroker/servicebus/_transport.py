@@ -358,6 +358,7 @@ class ServiceBusTransport:
         assert self._provisioner is not None and self._sink is not None
         recreated = False
         if not await self._provisioner.subscription_exists():
+            await self._provisioner.ensure_topic()
             recreated = await self._provisioner.ensure_subscription(self._sink.instance_id)
         self._receiver = await self._open_receiver()
         was_down, self._receive_down = self._receive_down, False
