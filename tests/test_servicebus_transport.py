@@ -226,6 +226,12 @@ class StaticTokenCredential:
     async def close(self) -> None:
         pass
 
+    async def __aenter__(self) -> StaticTokenCredential:
+        return self
+
+    async def __aexit__(self, *args: object) -> None:
+        pass
+
 
 async def test_namespace_and_credential_path(bus: LoopbackServiceBus) -> None:
     credential = StaticTokenCredential()

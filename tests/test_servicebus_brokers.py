@@ -1,0 +1,218 @@
+"""EventBrokers talking through ServiceBusTransport and the loopback broker (the real SDK, real wire)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from eventbroker import (
+    EventBroker,
+    EventBrokerOptions,
+    EventMissedEventArgs,
+    EventRaiseOption,
+    EventReceivedEventArgs,
+    EventRegistry,
+    MissedReason,
+    PublishError,
+)
+from eventbroker._envelope import Envelope, EnvelopeCodec, normalize_keys
+from eventbroker.servicebus import ServiceBusTransport
+
+from .servicebus_support import TOPIC, loopback_bus, sb_options
+
+EVENT = uuid.UUID("6a1f7c3e-0000-4000-8000-00000000e4e4")
+RAISER = uuid.UUID("6a1f7c3e-0000-4000-8000-0000000000a1")
+SECRET = "wire-secret"
+
+
+class Node:
+    """One app instance: a broker over Service Bus, recording what it receives remotely."""
+
+    def __init__(self, bus: Any, **options: Any) -> None:
+        self.transport = ServiceBusTransport(sb_options(bus, **options))
+        self.broker = EventBroker(
+            self.transport, EventBrokerOptions(secret=SECRET, application_name="shop")
+        )
+        self.registry = EventRegistry(self.broker)
+        self.event = self.registry.get(EVENT)
+        self.received: list[EventReceivedEventArgs] = []
+        self.missed: list[EventMissedEventArgs] = []
+        self._changed = threading.Condition()
+        self.broker.event_received.subscribe(self._on_received)
+        self.broker.event_missed.subscribe(self._on_missed)
+
+    def _on_received(self, args: EventReceivedEventArgs) -> None:
+        with self._changed:
+            self.received.append(args)
+            self._changed.notify_all()
+
+    def _on_missed(self, args: EventMissedEventArgs) -> None:
+        with self._changed:
+            self.missed.append(args)
+            self._changed.notify_all()
+
+    def wait_for(self, condition: Callable[[], bool], seconds: float = 30.0) -> None:
+        with self._changed:
+            assert self._changed.wait_for(condition, seconds), "condition not met in time"
+
+    def params(self) -> Counter[Any]:
+        return Counter(args.param for args in self.received)
+
+    def raise_broadcast(self, param: Any) -> None:
+        self.event.raise_(RAISER, param, EventRaiseOption.RAISE_BROADCAST)
+
+
+@pytest.fixture
+def bus() -> Iterator[Any]:
+    with loopback_bus() as running:
+        yield running
+
+
+@pytest.fixture
+def nodes(bus: Any) -> Iterator[list[Node]]:
+    started = [Node(bus) for _ in range(3)]
+    threads = [threading.Thread(target=n.broker.start) for n in started]  # opens in parallel
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert all(n.broker.is_started for n in started)
+        yield started
+    finally:
+        for n in started:
+            n.broker.stop()
+
+
+def _raise_rounds(nodes: list[Node], tag: str, count: int) -> None:
+    for i in range(count):
+        for index, node in enumerate(nodes):
+            node.raise_broadcast(f"{tag}-{index}-{i}")
+
+
+def _tagged(node: Node, tag: str) -> Counter[Any]:
+    return Counter({p: c for p, c in node.params().items() if str(p).startswith(tag + "-")})
+
+
+def _eventually(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    """Poll state held outside this process's callbacks (the loopback broker's)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def _expect_all_others(nodes: list[Node], tag: str, count: int) -> None:
+    """Each node got every other node's broadcasts exactly once, and never its own."""
+    for index, node in enumerate(nodes):
+        expected = Counter(
+            f"{tag}-{other}-{i}"
+            for other in range(len(nodes))
+            if other != index
+            for i in range(count)
+        )
+        total = expected.total()
+        node.wait_for(lambda n=node, t=total: _tagged(n, tag).total() >= t)  # type: ignore[misc]
+        assert _tagged(node, tag) == expected
+        assert all(a.source_instance_id != node.broker.instance_id for a in node.received)
+
+
+def test_three_brokers_broadcast_exactly_once_and_clean_up(bus: Any, nodes: list[Node]) -> None:
+    names = {n.transport.subscription_name for n in nodes}
+    assert len(names) == 3 and names <= set(bus.subscription_names(TOPIC))
+    _raise_rounds(nodes, "a", 20)
+    _expect_all_others(nodes, "a", 20)
+    nodes[0].broker.stop()
+    assert nodes[0].transport.subscription_name not in bus.subscription_names(TOPIC)
+    assert {nodes[1].transport.subscription_name, nodes[2].transport.subscription_name} <= set(
+        bus.subscription_names(TOPIC)
+    )
+
+
+def test_restart_keeping_state_loses_nothing_and_duplicates_nothing(
+    bus: Any, nodes: list[Node]
+) -> None:
+    _raise_rounds(nodes, "before", 3)
+    bus.restart(keep_state=True)
+    _raise_rounds(nodes, "after", 3)
+    _expect_all_others(nodes, "before", 3)
+    _expect_all_others(nodes, "after", 3)
+
+
+def test_restart_dropping_state_recreates_subscriptions_and_fires_event_missed(
+    bus: Any, nodes: list[Node]
+) -> None:
+    bus.restart(keep_state=False)
+    for node in nodes:
+        node.wait_for(
+            lambda n=node: any(  # type: ignore[misc]
+                m.reason is MissedReason.SUBSCRIPTION_RECREATED for m in n.missed
+            )
+        )
+    assert {n.transport.subscription_name for n in nodes} <= set(bus.subscription_names(TOPIC))
+    _raise_rounds(nodes, "later", 2)
+    _expect_all_others(nodes, "later", 2)
+
+
+def test_broker_down_raise_errors_are_clear_or_the_event_arrives_after(bus: Any) -> None:
+    a, b = Node(bus, publish_deadline=2.0), Node(bus)
+    with a.broker, b.broker:
+        bus.refuse_connections(10)
+        bus.cut_connections()
+        accepted, errors = [], []
+        deadline = time.monotonic() + 8
+        i = 0
+        while time.monotonic() < deadline:
+            try:
+                a.raise_broadcast(f"down-{i}")
+                accepted.append(f"down-{i}")
+            except PublishError as exc:
+                errors.append(str(exc))
+            i += 1
+            time.sleep(0.2)
+        assert errors, "publishing never failed although the broker was down for 10 s"
+        assert all("unreachable" in e and "publish_deadline" in e for e in errors)
+        assert accepted
+        b.wait_for(lambda: set(accepted) <= set(b.params()), seconds=60)
+        assert all(count == 1 for count in b.params().values())
+        assert any(m.reason is MissedReason.RECONNECT for m in b.missed)
+
+
+def test_poison_messages_are_dead_lettered_with_a_reason_and_the_loop_goes_on(
+    bus: Any, nodes: list[Node]
+) -> None:
+    receiver = nodes[1]
+    forged = EnvelopeCodec(normalize_keys(SECRET), max_message_bytes=1 << 20, replay_window=300)
+    envelope = Envelope(
+        version=1,
+        message_id=uuid.uuid4().hex,
+        event_id=EVENT,
+        raiser_id=RAISER,
+        instance_id="forger",
+        application_name="shop",
+        site_id=None,
+        sequence=1,
+        sent_at=time.time(),
+        param="genuine",
+        key_id=forged.signing_key_id,
+    )
+    tampered = forged.encode(envelope).replace(b'"genuine"', b'"tampered"')
+    bus.inject(TOPIC, b"not json at all")
+    bus.inject(TOPIC, tampered)
+    bus.inject(TOPIC, b"x" * (300 * 1024))
+    nodes[0].raise_broadcast("after-poison")
+    receiver.wait_for(lambda: "after-poison" in receiver.params())
+    sub = receiver.transport.subscription_name
+
+    def reasons() -> set[str]:
+        return {str(d.reason) for d in bus.dead_letters(TOPIC, sub)}
+
+    _eventually(lambda: len(reasons()) >= 3)
+    assert reasons() == {"malformed", "bad_signature", "oversize"}
+    assert "tampered" not in receiver.params()

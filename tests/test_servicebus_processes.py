@@ -1,0 +1,76 @@
+"""Three OS processes, each an app instance with ServiceBusTransport, over the loopback broker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .servicebus_support import TOPIC, loopback_bus
+
+ROOT = Path(__file__).resolve().parent.parent
+NODES, COUNT = 3, 10
+
+
+@pytest.fixture
+def bus() -> Iterator[Any]:
+    with loopback_bus() as running:
+        yield running
+
+
+def _line(process: subprocess.Popen[str], prefix: str) -> str:
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith(prefix):
+            return line[len(prefix) :].strip()
+    raise AssertionError(f"process ended before printing {prefix!r}")
+
+
+def test_three_processes_receive_every_other_broadcast_once(bus: Any) -> None:
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.servicebus_node",
+                bus.connection_string,
+                bus.admin_endpoint,
+                str(index),
+                str(NODES),
+                str(COUNT),
+            ],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(NODES)
+    ]
+    try:
+        subscriptions = [_line(p, "READY ") for p in processes]
+        assert set(subscriptions) <= set(bus.subscription_names(TOPIC))
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("GO\n")
+            process.stdin.flush()
+        for index, process in enumerate(processes):
+            got = Counter(json.loads(_line(process, "RECEIVED ")))
+            expected = Counter(
+                f"{other}-{i}" for other in range(NODES) if other != index for i in range(COUNT)
+            )
+            assert got == expected
+        for process in processes:
+            _line(process, "STOPPED")
+            assert process.wait(30) == 0
+        assert not set(subscriptions) & set(bus.subscription_names(TOPIC))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
