@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusReceiveMode
@@ -74,7 +74,7 @@ class ServiceBusTransport:
         self._send_error = ""
         self._receive_down = False
         self._stopping = False
-        self._in_receive = False
+        self._settling: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._wakeup: asyncio.Event | None = None
@@ -143,7 +143,6 @@ class ServiceBusTransport:
         if not self._tasks:
             await self._close_all()
             return
-        send_task, receive_task = self._tasks
         unsent = await self._flush(self.options.stop_timeout)
         if unsent:
             _log.warning(
@@ -152,11 +151,10 @@ class ServiceBusTransport:
                 self.options.stop_timeout,
             )
         self._stopping = True
-        send_task.cancel()
-        if self._in_receive:
-            receive_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(asyncio.gather(send_task, receive_task), _CLOSE_TIMEOUT)
+        for task in self._tasks:
+            task.cancel()
+        # let messages already handed to the broker finish dispatch and be settled
+        await asyncio.wait([*self._tasks, *self._settling], timeout=_CLOSE_TIMEOUT)
         self._tasks = []
         await asyncio.gather(self._close_sender(), self._close_receiver())
         if self.options.delete_subscription_on_stop and self._provisioner is not None:
@@ -313,30 +311,33 @@ class ServiceBusTransport:
     # -- receiving -------------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
+        # One message per receive call: the SDK serves it from the prefetch buffer at once,
+        # while a larger count keeps pulling for up to 0.2 s after a first message (latency).
         backoff = Backoff(
             self.options.reconnect_initial_backoff, self.options.reconnect_max_backoff, self._random
         )
+        in_flight = asyncio.Semaphore(self.options.prefetch_count)
         while not self._stopping:
             try:
                 if self._receiver is None:
                     await self._reconnect_receiver()
-                assert self._receiver is not None
-                self._in_receive = True
-                try:
-                    messages = await self._receiver.receive_messages(
-                        max_message_count=self.options.prefetch_count,
-                        max_wait_time=self.options.receive_wait,
+                receiver = self._receiver
+                assert receiver is not None
+                messages = await receiver.receive_messages(
+                    max_message_count=1, max_wait_time=self.options.receive_wait
+                )
+                for message in messages:
+                    await in_flight.acquire()
+                    task = asyncio.create_task(
+                        self._settle(receiver, message, self._deliver(message))
                     )
-                finally:
-                    self._in_receive = False
-                if messages:
-                    await self._dispatch(self._receiver, messages)
+                    self._settling.add(task)
+                    task.add_done_callback(self._settling.discard)
+                    task.add_done_callback(lambda _: in_flight.release())
                 backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self._stopping:
-                    return
                 self._on_receive_failure(exc)
                 await self._close_receiver()
                 await asyncio.sleep(backoff.next_delay())
@@ -373,25 +374,17 @@ class ServiceBusTransport:
             _log.info("Service Bus receiver reconnected")
             self._sink.connection_changed(ConnectionState.RECONNECTED)
 
-    async def _dispatch(
-        self, receiver: ServiceBusReceiver, messages: Sequence[ServiceBusReceivedMessage]
-    ) -> None:
+    def _deliver(self, message: ServiceBusReceivedMessage) -> asyncio.Future[Rejection | None]:
+        """Hand the body to the sink (verification runs now, in receive order)."""
         assert self._sink is not None
-        settles: list[Awaitable[None]] = []
-        for message in messages:
-            body = _body_bytes(message)
-            outcome: asyncio.Future[Rejection | None]
-            if body is None:
-                outcome = asyncio.get_running_loop().create_future()
-                outcome.set_result(
-                    Rejection(
-                        "malformed", f"message body type {message.body_type} is not binary data"
-                    )
-                )
-            else:
-                outcome = self._sink.deliver(body)
-            settles.append(self._settle(receiver, message, outcome))
-        await asyncio.gather(*settles)
+        body = _body_bytes(message)
+        if body is not None:
+            return self._sink.deliver(body)
+        outcome: asyncio.Future[Rejection | None] = asyncio.get_running_loop().create_future()
+        outcome.set_result(
+            Rejection("malformed", f"message body type {message.body_type} is not binary data")
+        )
+        return outcome
 
     async def _settle(
         self,
