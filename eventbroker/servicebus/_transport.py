@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 _CLOSE_TIMEOUT = 5.0
+_SETTLE_POLL = 0.02
+"""Receive wait while dispatched messages await settlement (bounds their settle delay)."""
 
 
 class ServiceBusTransport:
@@ -74,7 +76,9 @@ class ServiceBusTransport:
         self._send_error = ""
         self._receive_down = False
         self._stopping = False
-        self._settling: set[asyncio.Task[None]] = set()
+        self._unsettled: list[
+            tuple[ServiceBusReceivedMessage, asyncio.Future[Rejection | None]]
+        ] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._wakeup: asyncio.Event | None = None
@@ -153,9 +157,9 @@ class ServiceBusTransport:
         self._stopping = True
         for task in self._tasks:
             task.cancel()
-        # let messages already handed to the broker finish dispatch and be settled
-        await asyncio.wait([*self._tasks, *self._settling], timeout=_CLOSE_TIMEOUT)
+        await asyncio.wait(self._tasks, timeout=_CLOSE_TIMEOUT)
         self._tasks = []
+        await self._settle_unsettled_at_stop()
         await asyncio.gather(self._close_sender(), self._close_receiver())
         if self.options.delete_subscription_on_stop and self._provisioner is not None:
             try:
@@ -311,29 +315,35 @@ class ServiceBusTransport:
     # -- receiving -------------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
-        # One message per receive call: the SDK serves it from the prefetch buffer at once,
-        # while a larger count keeps pulling for up to 0.2 s after a first message (latency).
+        # Every receiver call happens here, one at a time: a PEEK_LOCK settlement reads the
+        # connection for its outcome, so it must not run beside a receive. One message per
+        # receive call: the SDK serves it from the prefetch buffer at once, while a larger count
+        # keeps pulling for up to 0.2 s after a first message. Dispatch runs meanwhile: each
+        # message is settled on a later turn, once its outcome future has resolved.
         backoff = Backoff(
             self.options.reconnect_initial_backoff, self.options.reconnect_max_backoff, self._random
         )
-        in_flight = asyncio.Semaphore(self.options.prefetch_count)
+        unsettled = self._unsettled
         while not self._stopping:
             try:
                 if self._receiver is None:
+                    unsettled.clear()  # their locks died with the old link: they come again
                     await self._reconnect_receiver()
                 receiver = self._receiver
                 assert receiver is not None
-                messages = await receiver.receive_messages(
-                    max_message_count=1, max_wait_time=self.options.receive_wait
-                )
-                for message in messages:
-                    await in_flight.acquire()
-                    task = asyncio.create_task(
-                        self._settle(receiver, message, self._deliver(message))
+                await self._settle_ready(receiver)
+                if len(unsettled) >= self.options.prefetch_count:
+                    await asyncio.wait(
+                        [outcome for _, outcome in unsettled],
+                        timeout=self.options.receive_wait,
+                        return_when=asyncio.FIRST_COMPLETED,
                     )
-                    self._settling.add(task)
-                    task.add_done_callback(self._settling.discard)
-                    task.add_done_callback(lambda _: in_flight.release())
+                    continue
+                wait = _SETTLE_POLL if unsettled else self.options.receive_wait
+                for message in await receiver.receive_messages(
+                    max_message_count=1, max_wait_time=wait
+                ):
+                    unsettled.append((message, self._deliver(message)))
                 backoff.reset()
             except asyncio.CancelledError:
                 raise
@@ -341,6 +351,24 @@ class ServiceBusTransport:
                 self._on_receive_failure(exc)
                 await self._close_receiver()
                 await asyncio.sleep(backoff.next_delay())
+
+    async def _settle_ready(self, receiver: ServiceBusReceiver) -> None:
+        """Settle every message whose local dispatch has finished."""
+        unsettled = self._unsettled
+        if not unsettled or not any(outcome.done() for _, outcome in unsettled):
+            return
+        ready = [item for item in unsettled if item[1].done()]
+        unsettled[:] = [item for item in unsettled if not item[1].done()]
+        for message, outcome in ready:
+            await self._settle(receiver, message, outcome)
+
+    async def _settle_unsettled_at_stop(self) -> None:
+        """At stop: let dispatched messages finish (bounded), then settle them."""
+        receiver, unsettled = self._receiver, self._unsettled
+        if receiver is None or not unsettled:
+            return
+        await asyncio.wait([outcome for _, outcome in unsettled], timeout=_CLOSE_TIMEOUT)
+        await self._settle_ready(receiver)
 
     def _on_receive_failure(self, exc: Exception) -> None:
         if not self._receive_down:
