@@ -60,7 +60,8 @@ def test_bad_connection_string_fails_at_construction(conn: str, fragment: str) -
 
 
 @given(st.text(alphabet=string.ascii_letters + string.digits + "+/=;", min_size=8, max_size=40))
-def test_connection_string_errors_never_echo_the_key(key: str) -> None:
+def test_connection_string_errors_never_echo_the_key(text: str) -> None:
+    key = f"Z9{text}+"  # a marker our messages never contain, so a hit means an echo
     for conn in (
         f"Endpoint=ftp://ns/;SharedAccessKeyName=a;SharedAccessKey={key}",
         f"SharedAccessKey={key};Endpoint",
