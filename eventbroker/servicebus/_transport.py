@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 _CLOSE_TIMEOUT = 5.0
+_CANCEL_GRACE = 0.2
 _SETTLE_POLL = 0.02
 """Receive wait while dispatched messages await settlement (bounds their settle delay)."""
 
@@ -157,7 +158,10 @@ class ServiceBusTransport:
         self._stopping = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.wait(self._tasks, timeout=_CLOSE_TIMEOUT)
+        _, running = await asyncio.wait(self._tasks, timeout=_CANCEL_GRACE)
+        if running:  # the SDK can swallow a cancel inside a receive: closing ends it
+            await self._close_receiver()
+            await asyncio.wait(running, timeout=_CLOSE_TIMEOUT)
         self._tasks = []
         await self._settle_unsettled_at_stop()
         await asyncio.gather(self._close_sender(), self._close_receiver())
@@ -348,6 +352,8 @@ class ServiceBusTransport:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._stopping:
+                    return
                 self._on_receive_failure(exc)
                 await self._close_receiver()
                 await asyncio.sleep(backoff.next_delay())
