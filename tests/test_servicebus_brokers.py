@@ -77,17 +77,20 @@ def bus() -> Iterator[Any]:
 @pytest.fixture
 def nodes(bus: Any) -> Iterator[list[Node]]:
     started = [Node(bus) for _ in range(3)]
-    threads = [threading.Thread(target=n.broker.start) for n in started]  # opens in parallel
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _in_parallel([n.broker.start for n in started])  # opening handlers takes ~0.5 s each
     try:
         assert all(n.broker.is_started for n in started)
         yield started
     finally:
-        for n in started:
-            n.broker.stop()
+        _in_parallel([n.broker.stop for n in started])
+
+
+def _in_parallel(calls: list[Callable[[], None]]) -> None:
+    threads = [threading.Thread(target=call) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def _raise_rounds(nodes: list[Node], tag: str, count: int) -> None:
