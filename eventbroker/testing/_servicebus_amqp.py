@@ -7,7 +7,6 @@ import functools
 import logging
 import os
 import queue
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -149,8 +148,11 @@ class AmqpBroker(Handler):
         _log.info("loopback Service Bus listening on %s:%s", self.host, self.port)
 
     def close_listener(self) -> None:
+        """Close the listening socket now (proton would close it a few events later)."""
         if self._acceptor is not None:
+            selectable = self._acceptor._selectable
             self._acceptor.close()
+            selectable.close()
             self._acceptor = None
 
     def cut_connections(self) -> int:
@@ -183,11 +185,11 @@ class AmqpBroker(Handler):
 
     @_guarded
     def on_timer_task(self, _event: Any) -> None:
-        now = time.time()
+        now = self.state.clock()
         self.state.expire_locks(now)
-        if now - self._last_idle_check >= 1.0:
+        if abs(now - self._last_idle_check) >= 1.0:
             self._last_idle_check = now
-            gone = self.state.expire_idle(self.state.idle_clock())
+            gone = self.state.expire_idle(now)
             for path in gone:
                 _log.info("deleted idle subscription %s", path)
         self._tick_task = self.container.schedule(_TICK, self)
@@ -277,14 +279,14 @@ class AmqpBroker(Handler):
         link.rcv_settle_mode = link.remote_rcv_settle_mode
         link.open()
         entity.consumers.append(link)
-        entity.last_activity = self.state.idle_clock()
+        entity.last_activity = self.state.clock()
         conn.consumer_links.append(link)
 
     def _drop_consumer(self, link: Any) -> None:
         entity = getattr(link, "entity", None)
         if isinstance(entity, Entity) and link in entity.consumers:
             entity.consumers.remove(link)
-            entity.last_activity = self.state.idle_clock()
+            entity.last_activity = self.state.clock()
 
     def _forget_connection(self, conn: Any) -> None:
         self._connections.discard(conn)
@@ -409,7 +411,7 @@ class AmqpBroker(Handler):
         if not isinstance(entity, Entity) or entity.deleted:
             status, description, condition = 404, "The messaging entity was not found.", _NOT_FOUND
         elif operation == "com.microsoft:renew-lock":
-            now = time.time()
+            now = self.state.clock()
             expirations = []
             for token in _tokens(body):
                 until = self.state.renew(entity, token, now)
@@ -440,7 +442,7 @@ class AmqpBroker(Handler):
         elif operation == "com.microsoft:peek-message":
             start = int(body.get("from-sequence-number", 0) or 0)
             count = int(body.get("message-count", 1) or 1)
-            entries = self.state.peek(entity, start, count, time.time())
+            entries = self.state.peek(entity, start, count, self.state.clock())
             if entries:
                 value = {"messages": [{"message": e.encode(locked=False)} for e in entries]}
             else:
@@ -459,7 +461,7 @@ class AmqpBroker(Handler):
         consumers = entity.consumers
         if not consumers or not entity.available:
             return
-        now = time.time()
+        now = self.state.clock()
         state = self.state
         while entity.available:
             count = len(consumers)
@@ -476,7 +478,7 @@ class AmqpBroker(Handler):
             entry = state.next_available(entity, now)
             if entry is None:
                 return
-            entity.last_activity = state.idle_clock()
+            entity.last_activity = state.clock()
             if link.snd_settle_mode == Link.SND_SETTLED:
                 state.remove(entity, entry)
                 self._tag += 1

@@ -94,7 +94,7 @@ class Entity:
         self.consumers: list[Any] = []  # proton sender links, owned by the AMQP layer
         self.round_robin = 0
         self.last_activity = now
-        self.created_at = time.time()
+        self.created_at = now
         self.deleted = False
 
     def enqueue(self, message: StoredMessage, now: float) -> Entry:
@@ -107,18 +107,15 @@ class Entity:
         self.available.append(entry)
         return entry
 
-    def __len__(self) -> int:
-        return len(self.messages)
-
 
 class Topic:
     """A topic: fans every message out to its subscriptions."""
 
-    def __init__(self, name: str, properties: EntityProperties) -> None:
+    def __init__(self, name: str, properties: EntityProperties, now: float) -> None:
         self.name = name
         self.properties = properties
         self.subscriptions: dict[str, Entity] = {}  # lower-case name -> subscription
-        self.created_at = time.time()
+        self.created_at = now
 
 
 class BrokerState:
@@ -129,12 +126,12 @@ class BrokerState:
         *,
         lock_duration: float,
         max_delivery_count: int,
-        idle_clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.defaults = EntityProperties(
             lock_duration=lock_duration, max_delivery_count=max_delivery_count
         )
-        self.idle_clock = idle_clock
+        self.clock = clock
         self.topics: dict[str, Topic] = {}  # lower-case name -> topic
         self.queues: dict[str, Entity] = {}  # lower-case name -> queue
         self._lock_heap: list[tuple[float, uuid.UUID, Entity]] = []
@@ -142,7 +139,7 @@ class BrokerState:
 
     # ---- entity management -------------------------------------------------------------
     def _new_entity(self, path: str, properties: EntityProperties) -> Entity:
-        now = self.idle_clock()
+        now = self.clock()
         dlq = Entity(
             f"{path}/$DeadLetterQueue",
             attrs.evolve(properties, default_message_time_to_live=FOREVER),
@@ -155,7 +152,7 @@ class BrokerState:
         key = name.lower()
         if key in self.topics or key in self.queues:
             raise KeyError(name)
-        topic = Topic(name, properties or self.defaults)
+        topic = Topic(name, properties or self.defaults, self.clock())
         self.topics[key] = topic
         return topic
 
@@ -203,7 +200,8 @@ class BrokerState:
             parts = parts[:-1]
         found: Entity | Topic | None = None
         if len(parts) == 1:
-            found = self.queues.get(parts[0].lower()) or self.topics.get(parts[0].lower())
+            key = parts[0].lower()
+            found = self.queues[key] if key in self.queues else self.topics.get(key)
         elif len(parts) == 3 and parts[1].lower() == "subscriptions":
             topic = self.topics.get(parts[0].lower())
             found = topic.subscriptions.get(parts[2].lower()) if topic else None
@@ -218,7 +216,7 @@ class BrokerState:
 
     # ---- messages ------------------------------------------------------------------------
     def publish(self, target: Entity | Topic, messages: list[StoredMessage]) -> None:
-        now = time.time()
+        now = self.clock()
         targets = list(target.subscriptions.values()) if isinstance(target, Topic) else [target]
         for entity in targets:
             for message in messages:
@@ -272,7 +270,7 @@ class BrokerState:
         entry = entity.locked.pop(token, None)
         if entry is None:
             return False
-        entity.last_activity = self.idle_clock()
+        entity.last_activity = self.clock()
         entry.lock_token = None
         if outcome == "complete":
             del entity.messages[entry.sequence_number]
@@ -318,7 +316,7 @@ class BrokerState:
             return
         moved = dlq.enqueue(
             with_dead_letter_properties(entry.message, entity.path, reason, description),
-            time.time(),
+            self.clock(),
         )
         moved.attempts = entry.attempts
         self.on_available(dlq)

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from ._servicebus_admin_client import administration_client
 from ._servicebus_amqp import AmqpBroker
 from ._servicebus_codec import encode_delivery
 from ._servicebus_state import (
@@ -30,7 +31,14 @@ from ._servicebus_state import (
     EntityProperties,
 )
 
-__all__ = ["DeadLetter", "EntityProperties", "LoopbackServiceBus", "main"]
+__all__ = [
+    "DeadLetter",
+    "EntityProperties",
+    "LoopbackServiceBus",
+    "ServiceBusEntityError",
+    "administration_client",
+    "main",
+]
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -74,8 +82,10 @@ class LoopbackServiceBus:
     Every public method is thread-safe: it runs on the broker's reactor thread and waits for
     the result. Durations are seconds (a ``timedelta`` is accepted too).
 
-    ``idle_clock`` (default :func:`time.monotonic`) drives AutoDeleteOnIdle only; tests can pass
-    a fake clock, advance it and call :meth:`expire_idle_subscriptions`.
+    ``clock`` (default :func:`time.time`, seconds since the epoch) is the broker's notion of
+    now: enqueued times, message expiry, lock expiry and AutoDeleteOnIdle. Tests can pass a
+    clock that runs ahead of real time (e.g. ``time.time() + offset``) to expire messages,
+    locks and idle subscriptions without sleeping.
     """
 
     def __init__(
@@ -86,16 +96,16 @@ class LoopbackServiceBus:
         *,
         lock_duration: float = 60.0,
         max_delivery_count: int = 10,
-        idle_clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.host = host
         self._port = port
         self._admin_port = admin_port
-        self._settings = (float(lock_duration), int(max_delivery_count), idle_clock)
+        self._settings = (float(lock_duration), int(max_delivery_count), clock)
         self._state = BrokerState(
             lock_duration=float(lock_duration),
             max_delivery_count=int(max_delivery_count),
-            idle_clock=idle_clock,
+            clock=clock,
         )
         self._amqp: AmqpBroker | None = None
         self._thread: threading.Thread | None = None
@@ -157,11 +167,11 @@ class LoopbackServiceBus:
         with self._lifecycle:
             self.stop()
             if not keep_state:
-                lock_duration, max_delivery_count, idle_clock = self._settings
+                lock_duration, max_delivery_count, clock = self._settings
                 self._state = BrokerState(
                     lock_duration=lock_duration,
                     max_delivery_count=max_delivery_count,
-                    idle_clock=idle_clock,
+                    clock=clock,
                 )
             self.start()
 
@@ -325,7 +335,7 @@ class LoopbackServiceBus:
             entity = state.resolve(entity_path)
             if not isinstance(entity, Entity):
                 raise ServiceBusEntityError(f"no queue or subscription {entity_path!r}")
-            now = time.time()
+            now = state.clock()
             return sum(1 for e in entity.messages.values() if e.lock_token or e.expires_at > now)
 
         return self._with_state(run)
@@ -413,9 +423,9 @@ class LoopbackServiceBus:
         self._with_state(run)
 
     def expire_idle_subscriptions(self) -> list[str]:
-        """Delete now every subscription idle past its AutoDeleteOnIdle (by ``idle_clock``);
+        """Delete now every subscription idle past its AutoDeleteOnIdle (by ``clock``);
         returns their paths (``<topic>/Subscriptions/<name>``)."""
-        return self._with_state(lambda s: s.expire_idle(s.idle_clock()))
+        return self._with_state(lambda s: s.expire_idle(s.clock()))
 
     # ---- plumbing --------------------------------------------------------------------------
     def _call(self, fn: Callable[[AmqpBroker], _T]) -> _T:
