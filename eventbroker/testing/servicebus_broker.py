@@ -1,0 +1,507 @@
+"""A loopback Azure Service Bus broker for tests and local multi-process development.
+
+It speaks the AMQP 1.0 subset the ``azure-servicebus`` SDK uses (sync and ``aio`` clients) and
+answers the administration client's ATOM calls on a plain-HTTP port, so the production code
+path runs unchanged against it: only the connection string differs.
+
+Run ``python -m eventbroker.testing.servicebus_broker`` to start one and print its connection
+string, or use :class:`LoopbackServiceBus` (a context manager) in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import attrs
+
+from ._servicebus_admin_client import administration_client
+from ._servicebus_amqp import AmqpBroker
+from ._servicebus_codec import encode_delivery
+from ._servicebus_state import (
+    MAX_NAME_LENGTH,
+    BrokerState,
+    Entity,
+    EntityProperties,
+)
+
+__all__ = [
+    "DeadLetter",
+    "EntityProperties",
+    "LoopbackServiceBus",
+    "ServiceBusEntityError",
+    "administration_client",
+    "main",
+]
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+_CALL_TIMEOUT = 10.0
+_NOT_DURATIONS = frozenset({"max_delivery_count", "dead_lettering_on_message_expiration"})
+
+
+class ServiceBusEntityError(ValueError):
+    """A loopback broker entity is missing, already exists or has an invalid name."""
+
+
+@attrs.frozen
+class DeadLetter:
+    """A message in a dead-letter queue, as the broker holds it."""
+
+    body: bytes
+    reason: str | None
+    description: str | None
+    message_id: str | None
+    application_properties: dict[str, Any]
+    delivery_count: int
+    sequence_number: int
+
+
+def _seconds(value: float | datetime.timedelta) -> float:
+    return value.total_seconds() if isinstance(value, datetime.timedelta) else float(value)
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not name or len(name) > 260 or name.startswith("/") or name.endswith("/"):
+        raise ServiceBusEntityError(f"invalid {kind} name {name!r}")
+    if kind == "subscription" and (len(name) > MAX_NAME_LENGTH or "/" in name):
+        raise ServiceBusEntityError(
+            f"invalid subscription name {name!r}: at most {MAX_NAME_LENGTH} characters, no '/'"
+        )
+
+
+class LoopbackServiceBus:
+    """An in-process Service Bus broker on loopback (AMQP + an HTTP administration endpoint).
+
+    Every public method is thread-safe: it runs on the broker's reactor thread and waits for
+    the result. Durations are seconds (a ``timedelta`` is accepted too).
+
+    ``clock`` (default :func:`time.time`, seconds since the epoch) is the broker's notion of
+    now: enqueued times, message expiry, lock expiry and AutoDeleteOnIdle. Tests can pass a
+    clock that runs ahead of real time (e.g. ``time.time() + offset``) to expire messages,
+    locks and idle subscriptions without sleeping.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        admin_port: int = 0,
+        *,
+        lock_duration: float = 60.0,
+        max_delivery_count: int = 10,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.host = host
+        self._port = port
+        self._admin_port = admin_port
+        self._settings = (float(lock_duration), int(max_delivery_count), clock)
+        self._state = BrokerState(
+            lock_duration=float(lock_duration),
+            max_delivery_count=int(max_delivery_count),
+            clock=clock,
+        )
+        self._amqp: AmqpBroker | None = None
+        self._thread: threading.Thread | None = None
+        self._admin: Any = None
+        self._lifecycle = threading.RLock()  # start / stop / direct state access while stopped
+        self._reopen_timer: threading.Timer | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Open the AMQP listener and the admin endpoint (idempotent)."""
+        with self._lifecycle:
+            if self._amqp is not None:
+                return
+            amqp = AmqpBroker(self._state, self.host, self._port)
+            thread = threading.Thread(
+                target=amqp.run, name=f"loopback-servicebus:{self._port}", daemon=True
+            )
+            thread.start()
+            try:
+                self._port = amqp.ready.result(timeout=_CALL_TIMEOUT)
+            except Exception:
+                thread.join(timeout=_CALL_TIMEOUT)
+                raise
+            self._amqp, self._thread = amqp, thread
+            from ._servicebus_admin import AdminServer
+
+            try:
+                self._admin = AdminServer(self, self.host, self._admin_port)
+            except Exception:
+                self.stop()
+                raise
+            self._admin_port = self._admin.port
+            _log.info("loopback Service Bus started: %s", self.connection_string)
+
+    def stop(self) -> None:
+        """Close every connection and both listeners (the sockets really close); keep state."""
+        with self._lifecycle:
+            if self._reopen_timer is not None:
+                self._reopen_timer.cancel()
+                self._reopen_timer = None
+            if self._admin is not None:
+                self._admin.close()
+                self._admin = None
+            amqp, thread = self._amqp, self._thread
+            self._amqp = self._thread = None
+            if amqp is None or thread is None:
+                return
+            amqp.call(amqp.shutdown).result(timeout=_CALL_TIMEOUT)
+            thread.join(timeout=_CALL_TIMEOUT)
+            for entity in self._state.entities():
+                entity.consumers.clear()
+                if entity.dead_letter is not None:
+                    entity.dead_letter.consumers.clear()
+            _log.info("loopback Service Bus stopped")
+
+    def restart(self, *, keep_state: bool = True) -> None:
+        """Stop and start again on the same ports; ``keep_state=False`` forgets every entity
+        and message, as a broker without persistence would."""
+        with self._lifecycle:
+            self.stop()
+            if not keep_state:
+                lock_duration, max_delivery_count, clock = self._settings
+                self._state = BrokerState(
+                    lock_duration=lock_duration,
+                    max_delivery_count=max_delivery_count,
+                    clock=clock,
+                )
+            self.start()
+
+    def __enter__(self) -> LoopbackServiceBus:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The AMQP port (known once started when constructed with port 0)."""
+        return self._port
+
+    @property
+    def admin_port(self) -> int:
+        """The plain-HTTP administration port."""
+        return self._admin_port
+
+    @property
+    def connection_string(self) -> str:
+        """A connection string the SDK accepts: plain TCP thanks to ``UseDevelopmentEmulator``."""
+        return (
+            f"Endpoint=sb://{self.host}:{self._port};SharedAccessKeyName=loopback;"
+            "SharedAccessKey=loopback;UseDevelopmentEmulator=true"
+        )
+
+    @property
+    def admin_endpoint(self) -> str:
+        """Base URL of the plain-HTTP administration endpoint (ATOM, like Service Bus)."""
+        return f"http://{self.host}:{self._admin_port}"
+
+    # ---- faults ----------------------------------------------------------------------------
+    def cut_connections(self) -> int:
+        """Drop every open connection now (TCP close, no AMQP close); returns how many."""
+        return self._call(lambda amqp: amqp.cut_connections())
+
+    def refuse_connections(self, seconds: float) -> None:
+        """Cut every connection and keep the AMQP listener closed for ``seconds``."""
+        self._call(_go_down)
+        with self._lifecycle:
+            if self._reopen_timer is not None:
+                self._reopen_timer.cancel()
+            self._reopen_timer = threading.Timer(seconds, self._reopen)
+            self._reopen_timer.daemon = True
+            self._reopen_timer.start()
+
+    @contextlib.contextmanager
+    def connections_refused(self) -> Iterator[None]:
+        """Cut every connection and refuse new ones until the block ends."""
+        self._call(_go_down)
+        try:
+            yield
+        finally:
+            self._reopen()
+
+    def _reopen(self) -> None:
+        with self._lifecycle:
+            self._reopen_timer = None
+            if self._amqp is not None:
+                self._call(lambda amqp: amqp.listen())
+
+    # ---- entities --------------------------------------------------------------------------
+    def create_topic(self, name: str) -> None:
+        """Create a topic; raises :class:`ServiceBusEntityError` when it exists."""
+        _check_name("topic", name)
+
+        def run(state: BrokerState) -> None:
+            try:
+                state.create_topic(name)
+            except KeyError:
+                raise ServiceBusEntityError(f"entity {name!r} already exists") from None
+
+        self._with_state(run)
+
+    def create_queue(self, name: str, **properties: Any) -> None:
+        """Create a queue; ``properties`` as for :meth:`create_subscription`."""
+        _check_name("queue", name)
+        props = self._properties(properties)
+
+        def run(state: BrokerState) -> None:
+            try:
+                state.create_queue(name, props)
+            except KeyError:
+                raise ServiceBusEntityError(f"entity {name!r} already exists") from None
+
+        self._with_state(run)
+
+    def create_subscription(self, topic: str, name: str, **properties: Any) -> None:
+        """Create a subscription of ``topic``.
+
+        ``properties``: ``lock_duration``, ``max_delivery_count``,
+        ``default_message_time_to_live``, ``auto_delete_on_idle`` (seconds or timedelta),
+        ``dead_lettering_on_message_expiration``; unset ones take the broker's defaults.
+        """
+        _check_name("subscription", name)
+        props = self._properties(properties)
+
+        def run(state: BrokerState) -> None:
+            if topic.lower() not in state.topics:
+                raise ServiceBusEntityError(f"topic {topic!r} does not exist")
+            try:
+                state.create_subscription(topic, name, props)
+            except KeyError:
+                raise ServiceBusEntityError(
+                    f"subscription {name!r} of topic {topic!r} already exists"
+                ) from None
+
+        self._with_state(run)
+
+    def _properties(self, given: dict[str, Any]) -> EntityProperties:
+        known = {f.name for f in attrs.fields(EntityProperties)}
+        unknown = set(given) - known
+        if unknown:
+            raise TypeError(f"unknown entity properties {sorted(unknown)}; known: {sorted(known)}")
+        values: dict[str, Any] = {
+            key: (_seconds(v) if key not in _NOT_DURATIONS else v)
+            for key, v in given.items()
+            if v is not None
+        }
+        return attrs.evolve(self._state.defaults, **values)
+
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic and its subscriptions."""
+        self._with_state(lambda s: s.delete_topic(name), missing=f"topic {name!r}")
+
+    def delete_queue(self, name: str) -> None:
+        """Delete a queue."""
+        self._with_state(lambda s: s.delete_queue(name), missing=f"queue {name!r}")
+
+    def delete_subscription(self, topic: str, name: str) -> None:
+        """Delete a subscription (its receivers get no more messages)."""
+        self._with_state(
+            lambda s: s.delete_subscription(topic, name),
+            missing=f"subscription {name!r} of topic {topic!r}",
+        )
+
+    def topic_names(self) -> list[str]:
+        """Names of every topic."""
+        return self._with_state(lambda s: [t.name for t in s.topics.values()])
+
+    def queue_names(self) -> list[str]:
+        """Names of every queue."""
+        return self._with_state(lambda s: [q.path for q in s.queues.values()])
+
+    def subscription_names(self, topic: str) -> list[str]:
+        """Names of the subscriptions of ``topic``."""
+        return self._with_state(
+            lambda s: [
+                e.path.rsplit("/", 1)[1] for e in s.topics[topic.lower()].subscriptions.values()
+            ],
+            missing=f"topic {topic!r}",
+        )
+
+    def message_count(self, entity_path: str) -> int:
+        """Messages held (available or locked) by a queue, subscription or dead-letter queue,
+        e.g. ``"orders/Subscriptions/web-1"``."""
+
+        def run(state: BrokerState) -> int:
+            entity = state.resolve(entity_path)
+            if not isinstance(entity, Entity):
+                raise ServiceBusEntityError(f"no queue or subscription {entity_path!r}")
+            now = state.clock()
+            return sum(1 for e in entity.messages.values() if e.lock_token or e.expires_at > now)
+
+        return self._with_state(run)
+
+    def dead_letters(self, topic: str, subscription: str) -> list[DeadLetter]:
+        """The messages in a subscription's dead-letter queue (they stay there)."""
+        return self.dead_letters_of(f"{topic}/Subscriptions/{subscription}")
+
+    def dead_letters_of(self, entity_path: str) -> list[DeadLetter]:
+        """The messages in the dead-letter queue of a queue or subscription path."""
+        from proton import Message
+
+        def run(state: BrokerState) -> list[bytes]:
+            entity = state.resolve(entity_path)
+            if not isinstance(entity, Entity) or entity.dead_letter is None:
+                raise ServiceBusEntityError(f"no queue or subscription {entity_path!r}")
+            return [
+                encode_delivery(
+                    e.message,
+                    sequence_number=e.sequence_number,
+                    enqueued_ms=e.enqueued_ms,
+                    delivery_count=e.attempts,
+                )
+                for e in entity.dead_letter.messages.values()
+            ]
+
+        out = []
+        for raw in self._with_state(run):
+            message = Message()
+            message.decode(raw)
+            props: dict[str, Any] = dict(message.properties or {})
+            annotations: dict[Any, Any] = dict(message.annotations or {})
+            body = message.body
+            if isinstance(body, memoryview):
+                body = bytes(body)
+            elif isinstance(body, str):
+                body = body.encode("utf-8")
+            elif not isinstance(body, bytes):
+                body = repr(body).encode("utf-8")
+            out.append(
+                DeadLetter(
+                    body=body,
+                    reason=props.get("DeadLetterReason"),
+                    description=props.get("DeadLetterErrorDescription"),
+                    message_id=None if message.id is None else str(message.id),
+                    application_properties=props,
+                    delivery_count=message.delivery_count,
+                    sequence_number=int(annotations["x-opt-sequence-number"]),
+                )
+            )
+        return out
+
+    def inject(
+        self,
+        topic: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        subject: str | None = None,
+        content_type: str | None = None,
+        **properties: Any,
+    ) -> None:
+        """Put a raw message (data body, ``properties`` as application properties) on a topic
+        or queue, bypassing every client: for poison-message tests."""
+        from proton import Message
+
+        from ._servicebus_codec import parse_message
+
+        message = Message(
+            body=bytes(body),
+            inferred=True,
+            id=message_id,
+            subject=subject,
+            content_type=content_type,
+            properties=properties or None,
+        )
+        stored = parse_message(message.encode())
+
+        def run(state: BrokerState) -> None:
+            target = state.resolve(topic)
+            if target is None:
+                raise ServiceBusEntityError(f"no topic or queue {topic!r}")
+            state.publish(target, [stored])
+
+        self._with_state(run)
+
+    def expire_idle_subscriptions(self) -> list[str]:
+        """Delete now every subscription idle past its AutoDeleteOnIdle (by ``clock``);
+        returns their paths (``<topic>/Subscriptions/<name>``)."""
+        return self._with_state(lambda s: s.expire_idle(s.clock()))
+
+    # ---- plumbing --------------------------------------------------------------------------
+    def _call(self, fn: Callable[[AmqpBroker], _T]) -> _T:
+        amqp = self._amqp
+        if amqp is None:
+            raise RuntimeError("the loopback Service Bus is not running; call start() first")
+        if threading.current_thread() is self._thread:
+            return fn(amqp)
+        result: _T = amqp.call(lambda: fn(amqp)).result(timeout=_CALL_TIMEOUT)
+        return result
+
+    def _with_state(self, fn: Callable[[BrokerState], _T], *, missing: str | None = None) -> _T:
+        """Run ``fn`` on the state: on the reactor thread when running, else under the lock."""
+
+        def guarded(state: BrokerState) -> _T:
+            try:
+                return fn(state)
+            except KeyError:
+                if missing is None:
+                    raise
+                raise ServiceBusEntityError(f"{missing} does not exist") from None
+
+        with self._lifecycle:
+            amqp = self._amqp
+            if amqp is None or threading.current_thread() is self._thread:
+                return guarded(self._state)
+        result: _T = amqp.call(lambda: guarded(amqp.state)).result(timeout=_CALL_TIMEOUT)
+        return result
+
+
+def _go_down(amqp: AmqpBroker) -> None:
+    amqp.close_listener()
+    amqp.cut_connections()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: start a broker, print how to reach it, run until Ctrl-C."""
+    parser = argparse.ArgumentParser(
+        prog="python -m eventbroker.testing.servicebus_broker",
+        description="Run a loopback Azure Service Bus broker (AMQP + admin HTTP) on 127.0.0.1.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=5672, help="AMQP port (default 5672; 0 = any)")
+    parser.add_argument(
+        "--admin-port", type=int, default=0, help="admin HTTP port (default 0 = any free port)"
+    )
+    parser.add_argument(
+        "--topic", action="append", default=[], help="create this topic at start (repeatable)"
+    )
+    parser.add_argument("--lock-duration", type=float, default=60.0, help="seconds (default 60)")
+    parser.add_argument("--max-delivery-count", type=int, default=10, help="default 10")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    broker = LoopbackServiceBus(
+        args.host,
+        args.port,
+        args.admin_port,
+        lock_duration=args.lock_duration,
+        max_delivery_count=args.max_delivery_count,
+    )
+    with broker:
+        for topic in args.topic:
+            broker.create_topic(topic)
+        print(f"SERVICEBUS_CONNECTION_STRING={broker.connection_string}", flush=True)
+        print(f"SERVICEBUS_ADMIN_ENDPOINT={broker.admin_endpoint}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
