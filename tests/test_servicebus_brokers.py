@@ -23,8 +23,9 @@ from eventbroker import (
 )
 from eventbroker._envelope import Envelope, EnvelopeCodec, normalize_keys
 from eventbroker.servicebus import ServiceBusTransport
+from eventbroker.testing import LoopbackServiceBus
 
-from .servicebus_support import TOPIC, loopback_bus, sb_options
+from .servicebus_support import TOPIC, sb_options
 
 EVENT = uuid.UUID("6a1f7c3e-0000-4000-8000-00000000e4e4")
 RAISER = uuid.UUID("6a1f7c3e-0000-4000-8000-0000000000a1")
@@ -34,7 +35,7 @@ SECRET = "wire-secret"
 class Node:
     """One app instance: a broker over Service Bus, recording what it receives remotely."""
 
-    def __init__(self, bus: Any, **options: Any) -> None:
+    def __init__(self, bus: LoopbackServiceBus, **options: Any) -> None:
         self.transport = ServiceBusTransport(sb_options(bus, **options))
         self.broker = EventBroker(
             self.transport, EventBrokerOptions(secret=SECRET, application_name="shop")
@@ -69,13 +70,12 @@ class Node:
 
 
 @pytest.fixture
-def bus() -> Iterator[Any]:
-    with loopback_bus() as running:
-        yield running
+def bus(servicebus_broker: LoopbackServiceBus) -> LoopbackServiceBus:
+    return servicebus_broker
 
 
 @pytest.fixture
-def nodes(bus: Any) -> Iterator[list[Node]]:
+def nodes(bus: LoopbackServiceBus) -> Iterator[list[Node]]:
     started = [Node(bus) for _ in range(3)]
     _in_parallel([n.broker.start for n in started])  # opening handlers takes ~0.5 s each
     try:
@@ -126,7 +126,9 @@ def _expect_all_others(nodes: list[Node], tag: str, count: int) -> None:
         assert all(a.source_instance_id != node.broker.instance_id for a in node.received)
 
 
-def test_three_brokers_broadcast_exactly_once_and_clean_up(bus: Any, nodes: list[Node]) -> None:
+def test_three_brokers_broadcast_exactly_once_and_clean_up(
+    bus: LoopbackServiceBus, nodes: list[Node]
+) -> None:
     names = {n.transport.subscription_name for n in nodes}
     assert len(names) == 3 and names <= set(bus.subscription_names(TOPIC))
     _raise_rounds(nodes, "a", 20)
@@ -139,7 +141,7 @@ def test_three_brokers_broadcast_exactly_once_and_clean_up(bus: Any, nodes: list
 
 
 def test_restart_keeping_state_loses_nothing_and_duplicates_nothing(
-    bus: Any, nodes: list[Node]
+    bus: LoopbackServiceBus, nodes: list[Node]
 ) -> None:
     _raise_rounds(nodes, "before", 3)
     bus.restart(keep_state=True)
@@ -149,7 +151,7 @@ def test_restart_keeping_state_loses_nothing_and_duplicates_nothing(
 
 
 def test_restart_dropping_state_recreates_subscriptions_and_fires_event_missed(
-    bus: Any, nodes: list[Node]
+    bus: LoopbackServiceBus, nodes: list[Node]
 ) -> None:
     bus.restart(keep_state=False)
     for node in nodes:
@@ -163,7 +165,9 @@ def test_restart_dropping_state_recreates_subscriptions_and_fires_event_missed(
     _expect_all_others(nodes, "later", 2)
 
 
-def test_broker_down_raise_errors_are_clear_or_the_event_arrives_after(bus: Any) -> None:
+def test_broker_down_raise_errors_are_clear_or_the_event_arrives_after(
+    bus: LoopbackServiceBus,
+) -> None:
     a, b = Node(bus, publish_deadline=2.0), Node(bus)
     with a.broker, b.broker:
         bus.refuse_connections(10)
@@ -188,7 +192,7 @@ def test_broker_down_raise_errors_are_clear_or_the_event_arrives_after(bus: Any)
 
 
 def test_poison_messages_are_dead_lettered_with_a_reason_and_the_loop_goes_on(
-    bus: Any, nodes: list[Node]
+    bus: LoopbackServiceBus, nodes: list[Node]
 ) -> None:
     receiver = nodes[1]
     forged = EnvelopeCodec(normalize_keys(SECRET), max_message_bytes=1 << 20, replay_window=300)
@@ -212,6 +216,7 @@ def test_poison_messages_are_dead_lettered_with_a_reason_and_the_loop_goes_on(
     nodes[0].raise_broadcast("after-poison")
     receiver.wait_for(lambda: "after-poison" in receiver.params())
     sub = receiver.transport.subscription_name
+    assert sub is not None
 
     def reasons() -> set[str]:
         return {str(d.reason) for d in bus.dead_letters(TOPIC, sub)}

@@ -6,22 +6,21 @@ import json
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from .servicebus_support import TOPIC, loopback_bus
+from eventbroker.testing import LoopbackServiceBus
+
+from .servicebus_support import TOPIC
 
 ROOT = Path(__file__).resolve().parent.parent
 NODES, COUNT = 3, 10
 
 
 @pytest.fixture
-def bus() -> Iterator[Any]:
-    with loopback_bus() as running:
-        yield running
+def bus(servicebus_broker: LoopbackServiceBus) -> LoopbackServiceBus:
+    return servicebus_broker
 
 
 def _line(process: subprocess.Popen[str], prefix: str) -> str:
@@ -32,7 +31,7 @@ def _line(process: subprocess.Popen[str], prefix: str) -> str:
     raise AssertionError(f"process ended before printing {prefix!r}")
 
 
-def test_three_processes_receive_every_other_broadcast_once(bus: Any) -> None:
+def test_three_processes_receive_every_other_broadcast_once(bus: LoopbackServiceBus) -> None:
     processes = [
         subprocess.Popen(
             [
