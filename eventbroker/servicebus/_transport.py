@@ -98,6 +98,11 @@ class ServiceBusTransport:
         """This instance's subscription, known once `start` has run."""
         return self._subscription_name
 
+    @property
+    def queued(self) -> int:
+        """Messages accepted by `publish` and not yet sent (including the batch in flight)."""
+        return len(self._queue)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self, sink: TransportSink) -> None:
