@@ -5,11 +5,14 @@
 The loopback broker runs in its own process (as in local multi-process development), so its
 CPU does not compete for this process's GIL. Three setups, in the same run:
 
-1. ours: two EventBrokers with ServiceBusTransport (default batching); a handler on the second.
+1. ours: two EventBrokers with ServiceBusTransport (default batching); a handler on the second
+   (a plain one, run on the broker's dispatcher thread; and an ``async def`` one, run on its
+   I/O loop).
 2. ours, one message per send (``max_batch_messages=1``).
 3. bare: a hand-written loop with the aio SDK doing the same sends and receives: one sender
-   (one message per send for latency, ``ServiceBusMessageBatch``es for throughput) and one
-   PEEK_LOCK receiver with prefetch, ``async for`` + ``complete_message``.
+   (one message per send for latency, ``ServiceBusMessageBatch``es for throughput) and, as
+   for two instances, two subscriptions each drained by a PEEK_LOCK receiver with prefetch
+   (``async for`` + ``complete_message``).
 
 Figures: publish-to-remote-handler latency p50 / p99; send throughput (events/s until the
 broker has acknowledged every send) and delivered throughput (events/s until the remote
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import subprocess
 import sys
 import threading
@@ -28,6 +32,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from azure.servicebus import ServiceBusMessage, ServiceBusReceiveMode
@@ -51,6 +56,7 @@ def loopback_process() -> Iterator[tuple[str, str]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        cwd=Path(__file__).resolve().parent.parent,
     )
     try:
         assert process.stdout is not None
@@ -60,6 +66,8 @@ def loopback_process() -> Iterator[tuple[str, str]]:
             values[key] = value
             if len(values) == 2:
                 break
+        if len(values) != 2:
+            raise SystemExit("the loopback Service Bus broker did not start (python-qpid-proton?)")
         yield values["SERVICEBUS_CONNECTION_STRING"], values["SERVICEBUS_ADMIN_ENDPOINT"]
     finally:
         process.terminate()
@@ -74,7 +82,9 @@ def _percentile(values: list[float], q: float) -> float:
 class Pair:
     """Two EventBrokers over ServiceBusTransport; the second's handler counts arrivals."""
 
-    def __init__(self, conn: str, admin: str, **sender_options: Any) -> None:
+    def __init__(
+        self, conn: str, admin: str, *, async_handler: bool = False, **sender_options: Any
+    ) -> None:
         def options(**extra: Any) -> ServiceBusOptions:
             return ServiceBusOptions(
                 connection_string=conn, administration_endpoint=admin, topic=TOPIC, **extra
@@ -85,14 +95,24 @@ class Pair:
         self.a = EventBroker(self.sender, broker_options)
         self.b = EventBroker(ServiceBusTransport(options()), broker_options)
         self.event_a = EventRegistry(self.a).get(EVENT)
-        EventRegistry(self.b).get(EVENT).raised.subscribe(self._on_event)
+        event_b = EventRegistry(self.b).get(EVENT)
+        if async_handler:  # runs on B's I/O loop
+
+            async def on_event_async(notification: Any) -> None:
+                self._on_event(notification)
+
+            event_b.raised.subscribe(on_event_async)
+        else:  # runs on B's dispatcher thread
+            event_b.raised.subscribe(self._on_event)
         self.count = 0
         self.target = 0
+        self.arrived_at = 0.0
         self.done = threading.Event()
 
     def _on_event(self, notification: Any) -> None:
         self.count += 1
         if self.count >= self.target:
+            self.arrived_at = time.perf_counter()
             self.done.set()
 
     def _expect(self, n: int) -> None:
@@ -118,7 +138,7 @@ class Pair:
             start = time.perf_counter()
             self.event_a.raise_(RAISER, i, EventRaiseOption.RAISE_BROADCAST)
             assert self.done.wait(10), "lost an event"
-            results.append(time.perf_counter() - start)
+            results.append(self.arrived_at - start)
         return results
 
     def throughput(self, events: int) -> tuple[float, float]:
@@ -131,68 +151,124 @@ class Pair:
             time.sleep(0.0005)
         sent = time.perf_counter() - start
         assert self.done.wait(120), f"only {self.count} of {events} events arrived"
-        return events / sent, events / (time.perf_counter() - start)
+        return events / sent, events / (self.arrived_at - start)
 
 
-async def _bare_sdk(
-    conn: str, admin: str, samples: int, events: int
-) -> tuple[list[float], float, float]:
-    """The same sends and receives written by hand against the aio SDK."""
-    options = ServiceBusOptions(connection_string=conn, administration_endpoint=admin, topic=TOPIC)
-    name = f"bare-{uuid.uuid4().hex[:8]}"
-    provisioner = Provisioner(admin_client(options), options, name)
-    await provisioner.ensure_topic()
-    await provisioner.ensure_subscription("bare")
-    sending = ServiceBusClient.from_connection_string(conn)
-    receiving = ServiceBusClient.from_connection_string(conn)
-    sender = sending.get_topic_sender(TOPIC)
-    receiver = receiving.get_subscription_receiver(
-        TOPIC, name, receive_mode=ServiceBusReceiveMode.PEEK_LOCK, prefetch_count=100
-    )
-    received, target = 0, 0
-    arrived = asyncio.Event()
+class BarePair:
+    """The same sends and receives written by hand against the aio SDK, in the same shape.
 
-    async def receive_forever() -> None:
-        nonlocal received
-        async for message in receiver:
-            b"".join(message.body)
-            received += 1
-            if received >= target:
-                arrived.set()
-            await receiver.complete_message(message)
+    Two instances, each on its own loop thread like an EventBroker's I/O thread: A has the
+    sender and its own subscription's receiver, B the other receiver; both receivers drain
+    their subscription (``async for`` + ``complete_message``, PEEK_LOCK, prefetch 100). The
+    main thread starts sends and waits, as with ``raise_``.
+    """
 
-    async with sender, receiver:
-        task = asyncio.create_task(receive_forever())
-        latencies = []
-        for _ in range(samples + 20):
-            received, target = 0, 1
-            arrived.clear()
+    def __init__(self, conn: str, admin: str) -> None:
+        self.conn = conn
+        self.options = ServiceBusOptions(
+            connection_string=conn, administration_endpoint=admin, topic=TOPIC
+        )
+        self.names = [f"bare-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+        self.loops = [asyncio.new_event_loop() for _ in range(2)]
+        self.threads = [
+            threading.Thread(target=loop.run_forever, daemon=True) for loop in self.loops
+        ]
+        self.count = 0
+        self.target = 0
+        self.arrived_at = 0.0
+        self.done = threading.Event()
+
+    def _on(self, index: int, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loops[index]).result(60)
+
+    def __enter__(self) -> BarePair:
+        for thread in self.threads:
+            thread.start()
+        self._on(0, self._provision(create=True))
+        self.clients = [ServiceBusClient.from_connection_string(self.conn) for _ in range(3)]
+        self.sender = self.clients[0].get_topic_sender(TOPIC)
+        self._on(0, self.sender.__aenter__())
+        self.tasks = [
+            asyncio.run_coroutine_threadsafe(self._drain(index), self.loops[index])
+            for index in range(2)
+        ]
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        for task in self.tasks:
+            task.cancel()
+        concurrent.futures.wait(self.tasks, timeout=5)
+        self._on(0, self.sender.close())
+        for index in range(2):
+            self._on(index, self.clients[index + 1].close())
+        self._on(0, self.clients[0].close())
+        self._on(0, self._provision(create=False))
+        for loop in self.loops:
+            loop.call_soon_threadsafe(loop.stop)
+
+    async def _provision(self, create: bool) -> None:
+        for name in self.names:
+            provisioner = Provisioner(admin_client(self.options), self.options, name)
+            if create:
+                await provisioner.ensure_topic()
+                await provisioner.ensure_subscription("bare")
+            else:
+                await provisioner.delete_subscription()
+            provisioner.close()
+
+    async def _drain(self, index: int) -> None:
+        receiver = self.clients[index + 1].get_subscription_receiver(
+            TOPIC,
+            self.names[index],
+            receive_mode=ServiceBusReceiveMode.PEEK_LOCK,
+            prefetch_count=100,
+        )
+        async with receiver:
+            async for message in receiver:
+                b"".join(message.body)
+                if index == 1:
+                    self.count += 1
+                    if self.count >= self.target:
+                        self.arrived_at = time.perf_counter()
+                        self.done.set()
+                await receiver.complete_message(message)
+
+    def _expect(self, n: int) -> None:
+        self.count, self.target = 0, n
+        self.done.clear()
+
+    def latency(self, samples: int) -> list[float]:
+        results = []
+        for _ in range(samples):
+            self._expect(1)
             start = time.perf_counter()
-            await sender.send_messages(ServiceBusMessage(BODY, message_id=uuid.uuid4().hex))
-            await asyncio.wait_for(arrived.wait(), 10)
-            latencies.append(time.perf_counter() - start)
-        received, target = 0, events
-        arrived.clear()
-        start = time.perf_counter()
+            message = ServiceBusMessage(BODY, message_id=uuid.uuid4().hex)
+            asyncio.run_coroutine_threadsafe(self.sender.send_messages(message), self.loops[0])
+            assert self.done.wait(10), "lost a message"
+            results.append(self.arrived_at - start)
+        return results
+
+    async def _send_batches(self, events: int) -> None:
         pending = [ServiceBusMessage(BODY, message_id=uuid.uuid4().hex) for _ in range(events)]
         index = 0
         while index < len(pending):
-            batch = await sender.create_message_batch()
+            batch = await self.sender.create_message_batch()
             while index < len(pending):
                 try:
                     batch.add_message(pending[index])
                 except ValueError:
                     break
                 index += 1
-            await sender.send_messages(batch)
+            await self.sender.send_messages(batch)
+
+    def throughput(self, events: int) -> tuple[float, float]:
+        """(sent events/s, delivered events/s)."""
+        self._expect(events)
+        start = time.perf_counter()
+        self._on(0, self._send_batches(events))
         sent = time.perf_counter() - start
-        await asyncio.wait_for(arrived.wait(), 120)
-        delivered = time.perf_counter() - start
-        task.cancel()
-    await asyncio.gather(sending.close(), receiving.close())
-    await provisioner.delete_subscription()
-    provisioner.close()
-    return latencies[20:], events / sent, events / delivered
+        assert self.done.wait(120), f"only {self.count} of {events} messages arrived"
+        return events / sent, events / (self.arrived_at - start)
 
 
 def main() -> None:
@@ -205,16 +281,22 @@ def main() -> None:
             pair.latency(20)  # warm-up
             ours_lat = pair.latency(args.latency_samples)
             ours_sent, ours_delivered = pair.throughput(args.events)
+        with Pair(conn, admin, async_handler=True) as pair:
+            pair.latency(20)
+            async_lat = pair.latency(args.latency_samples)
+            _, async_delivered = pair.throughput(args.events)
         with Pair(conn, admin, max_batch_messages=1) as single:
             single_sent, single_delivered = single.throughput(args.events)
-        bare_lat, bare_sent, bare_delivered = asyncio.run(
-            _bare_sdk(conn, admin, args.latency_samples, args.events)
-        )
+        with BarePair(conn, admin) as bare:
+            bare.latency(20)  # warm-up
+            bare_lat = bare.latency(args.latency_samples)
+            bare_sent, bare_delivered = bare.throughput(args.events)
 
     def ms(values: list[float], q: float) -> str:
         return f"p50 {_percentile(values, 0.5) * 1000:6.2f} ms  p99 {_percentile(values, q) * 1000:6.2f} ms"
 
     print(f"latency  ours                {ms(ours_lat, 0.99)}")
+    print(f"latency  ours, async handler {ms(async_lat, 0.99)}")
     print(f"latency  bare aio SDK        {ms(bare_lat, 0.99)}")
     print(f"events/s ours batched        sent {ours_sent:7.0f}  delivered {ours_delivered:7.0f}")
     print(
@@ -226,8 +308,11 @@ def main() -> None:
     print(
         f"ours / bare SDK, delivered         {ours_delivered / bare_delivered:5.2f}x  (target >= 0.8x)"
     )
+    print(f"ours async handler / bare, delivered {async_delivered / bare_delivered:5.2f}x")
     p50 = _percentile(ours_lat, 0.5) / _percentile(bare_lat, 0.5)
     print(f"ours / bare SDK, p50 latency       {p50:5.2f}x  (target <= 1.25x)")
+    p50 = _percentile(async_lat, 0.5) / _percentile(bare_lat, 0.5)
+    print(f"ours async handler / bare, p50     {p50:5.2f}x")
 
 
 if __name__ == "__main__":

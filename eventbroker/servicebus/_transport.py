@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusReceiveMode
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
 from azure.servicebus.amqp import AmqpMessageBodyType
+from azure.servicebus.exceptions import MessageSizeExceededError
 
 from .._transport import (
     ConnectionState,
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 _CLOSE_TIMEOUT = 5.0
 _CANCEL_GRACE = 0.2
-_SETTLE_POLL = 0.02
+_SETTLE_POLL = 0.002
 """Receive wait while dispatched messages await settlement (bounds their settle delay)."""
 
 
@@ -281,6 +282,12 @@ class ServiceBusTransport:
         self, sender: ServiceBusSender, pending: Sequence[TransportMessage]
     ) -> int:
         """Send the longest prefix of `pending` that fits one batch; how many were sent."""
+        if len(pending) == 1:  # a lone message skips building a batch (latency)
+            try:
+                await sender.send_messages(self._to_service_bus(pending[0]))
+            except MessageSizeExceededError as exc:
+                _log.error("dropping message %s: %s", pending[0].message_id, exc)
+            return 1
         batch: ServiceBusMessageBatch = await sender.create_message_batch()
         count = 0
         for message in pending:
