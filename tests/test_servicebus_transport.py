@@ -204,3 +204,21 @@ async def test_namespace_and_credential_path(bus: LoopbackServiceBus) -> None:
     finally:
         await asyncio.gather(a.stop(), b.stop())
     assert credential.scopes  # both the AMQP link and the admin client asked for tokens
+
+
+async def test_a_subscription_deleted_under_a_running_transport_is_recreated(
+    bus: LoopbackServiceBus,
+) -> None:
+    options = sb_options(bus, subscription_check_interval=0.1, receive_wait=0.2)
+    a, b = ServiceBusTransport(options), ServiceBusTransport(sb_options(bus))
+    sink_a, sink_b = RecordingSink(), RecordingSink()
+    await asyncio.gather(a.start(sink_a), b.start(sink_b))
+    try:
+        assert a.subscription_name is not None
+        bus.delete_subscription("events", a.subscription_name)
+        await sink_a.wait_for(lambda: ConnectionState.SUBSCRIPTION_RECREATED in sink_a.states)
+        assert a.subscription_name in bus.subscription_names("events")
+        b.publish(message(b"to the new subscription"))
+        await sink_a.wait_for(lambda: b"to the new subscription" in sink_a.bodies)
+    finally:
+        await asyncio.gather(a.stop(), b.stop())

@@ -132,6 +132,10 @@ class ServiceBusOptions:
         default=5.0, validator=_positive, metadata=_env("RECEIVE_WAIT")
     )
     """Longest a receive call waits for a message (the SDK recovers in-call from 5 s up)."""
+    subscription_check_interval: float = attrs.field(
+        default=300.0, validator=_positive, metadata=_env("SUBSCRIPTION_CHECK_INTERVAL")
+    )
+    """How often a running transport checks its subscription still exists (recreating it if not)."""
     max_queued_messages: int = attrs.field(
         default=10_000, validator=attrs.validators.ge(1), metadata=_env("MAX_QUEUED_MESSAGES")
     )

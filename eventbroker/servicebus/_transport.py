@@ -45,6 +45,12 @@ if TYPE_CHECKING:
     from azure.servicebus import ServiceBusReceivedMessage
 
 _log = logging.getLogger(__name__)
+
+
+class SubscriptionVanishedError(Exception):
+    """The periodic check found the subscription gone: reconnecting recreates it."""
+
+
 _CLOSE_TIMEOUT = 5.0
 _CANCEL_GRACE = 0.2
 _SETTLE_POLL = 0.002
@@ -340,6 +346,7 @@ class ServiceBusTransport:
             self.options.reconnect_initial_backoff, self.options.reconnect_max_backoff, self._random
         )
         unsettled = self._unsettled
+        checked_at = self._clock()
         while not self._stopping:
             try:
                 if self._receiver is None:
@@ -361,6 +368,9 @@ class ServiceBusTransport:
                 ):
                     unsettled.append((message, self._deliver(message)))
                 backoff.reset()
+                if self._clock() - checked_at >= self.options.subscription_check_interval:
+                    checked_at = self._clock()
+                    await self._check_subscription()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -387,6 +397,14 @@ class ServiceBusTransport:
             return
         await asyncio.wait([outcome for _, outcome in unsettled], timeout=_CLOSE_TIMEOUT)
         await self._settle_ready(receiver)
+
+    async def _check_subscription(self) -> None:
+        """Raise `SubscriptionVanishedError` if the subscription was deleted under us."""
+        assert self._provisioner is not None
+        if not await self._provisioner.subscription_exists():
+            raise SubscriptionVanishedError(
+                f"Service Bus subscription {self._subscription_name!r} no longer exists"
+            )
 
     def _on_receive_failure(self, exc: Exception) -> None:
         if not self._receive_down:
