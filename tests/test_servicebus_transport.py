@@ -130,7 +130,7 @@ async def test_missing_topic_fails_at_start_when_creation_is_off(bus: LoopbackSe
 
 
 class FakeClock:
-    """The transport reads its clock first when a send fails: `read` tells us it happened."""
+    """The transport reads its clock (publish deadline) first when a send fails: `read` says so."""
 
     def __init__(self) -> None:
         self.now = 1000.0

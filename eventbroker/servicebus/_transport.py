@@ -346,7 +346,7 @@ class ServiceBusTransport:
             self.options.reconnect_initial_backoff, self.options.reconnect_max_backoff, self._random
         )
         unsettled = self._unsettled
-        checked_at = self._clock()
+        checked_at = time.monotonic()
         while not self._stopping:
             try:
                 if self._receiver is None:
@@ -368,8 +368,8 @@ class ServiceBusTransport:
                 ):
                     unsettled.append((message, self._deliver(message)))
                 backoff.reset()
-                if self._clock() - checked_at >= self.options.subscription_check_interval:
-                    checked_at = self._clock()
+                if time.monotonic() - checked_at >= self.options.subscription_check_interval:
+                    checked_at = time.monotonic()
                     await self._check_subscription()
             except asyncio.CancelledError:
                 raise
