@@ -62,7 +62,9 @@ class ServiceBusTransport:
 
     ``ServiceBusTransport(ServiceBusOptions(connection_string=..., topic="shop-events"))``, or
     ``ServiceBusTransport()`` to read every setting from ``EVENTBROKER_SERVICEBUS_*``.
-    `clock` and `random` are injectable for tests.
+    `start` raises `SubscriptionNameError` for an invalid name and `ServiceBusStartError` when
+    the namespace cannot be reached or provisioned; once started it reconnects on its own.
+    `clock` (the publish deadline's) and `random` (backoff jitter) are injectable for tests.
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class ServiceBusTransport:
             )
         except BaseException as exc:
             await self._close_all()
+            self._loop = None  # start may be tried again
             if isinstance(exc, ServiceBusConfigurationError | ServiceBusStartError):
                 raise
             if not isinstance(exc, Exception):
