@@ -222,3 +222,39 @@ async def test_a_subscription_deleted_under_a_running_transport_is_recreated(
         await sink_a.wait_for(lambda: b"to the new subscription" in sink_a.bodies)
     finally:
         await asyncio.gather(a.stop(), b.stop())
+
+
+async def test_unreachable_namespace_fails_start_clearly() -> None:
+    options = ServiceBusOptions(
+        connection_string="Endpoint=sb://127.0.0.1:9;SharedAccessKeyName=k;SharedAccessKey=v;"
+        "UseDevelopmentEmulator=true",
+        administration_endpoint="http://127.0.0.1:9",
+        sdk_retry_total=0,
+    )
+    transport = ServiceBusTransport(options)
+    with pytest.raises(ServiceBusStartError, match="could not start the Service Bus transport"):
+        await transport.start(RecordingSink())
+    with pytest.raises(PublishError, match="not running"):
+        transport.publish(message(b"x"))
+
+
+async def test_own_message_rule_replaces_the_default_rule(mocker: Any) -> None:
+    """SQL rules are a cloud feature the loopback broker lacks: the admin client is mocked."""
+    from azure.servicebus.management import SqlRuleFilter
+
+    from eventbroker.servicebus._admin import Provisioner
+
+    client = mocker.Mock()
+    options = ServiceBusOptions(
+        connection_string="Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=v",
+        filter_own_messages=True,
+    )
+    created = await Provisioner(client, options, "web-1").ensure_subscription("instance-7")
+    assert created
+    (topic, name, _rule), kwargs = client.create_rule.call_args
+    assert (topic, name) == ("eventbroker", "web-1")
+    rule = kwargs["filter"]
+    assert isinstance(rule, SqlRuleFilter)
+    assert "sys.Label" in str(rule.sql_expression)
+    assert rule.parameters == {"@own": "instance-7"}
+    client.delete_rule.assert_called_once_with("eventbroker", "web-1", "$Default")
