@@ -61,8 +61,9 @@ def _default_instance_id() -> str:
 class SchedulerOptions:
     """How a `JobScheduler` polls, leases and shuts down."""
 
-    instance_id: str = attrs.field(factory=_default_instance_id)
-    """Names this scheduler in leases and history."""
+    instance_id: str | None = None
+    """Names this scheduler in leases and history; default: the broker's instance id when a
+    registry is given, else host:pid:random."""
     poll_interval: float = attrs.field(default=1.0, validator=_positive)
     """Seconds between looks at the store for due jobs."""
     lease_seconds: float = attrs.field(default=30.0, validator=_positive)
@@ -115,7 +116,9 @@ class JobScheduler:
         registry: EventRegistry | None = None,
     ) -> None:
         self.options = options or SchedulerOptions()
-        self.instance_id = self.options.instance_id
+        self.instance_id: str = self.options.instance_id or (
+            registry.broker.instance_id if registry is not None else _default_instance_id()
+        )
         self.clock: Clock = clock or SystemClock()
         self.store: JobStore = open_store(store) if isinstance(store, str | os.PathLike) else store
         self._owns_store = isinstance(store, str | os.PathLike)
