@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import time
 import uuid
 from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
@@ -131,12 +132,15 @@ class InventoryImportJob(ScheduledJob):
         invalidator: Invalidator | None,
         schedule: Schedule | None = None,
         timeout: float = 10.0,
+        chunk_pause: float = 0.0,
     ) -> None:
         self.feed_url = feed_url.rstrip("/")
         self.db = db
         self.invalidator = invalidator
         self.schedule = schedule
         self.timeout = timeout
+        self.chunk_pause = chunk_pause
+        """Seconds to pause between upsert chunks (paces a busy database)."""
         self.last_report: ImportReport | None = None
 
     def fetch(self) -> str:
@@ -159,7 +163,14 @@ class InventoryImportJob(ScheduledJob):
             ctx.report_status(f"skipping {row}")
         ctx.raise_if_stop_requested()
         ctx.report_status(f"upserting {len(products)} rows")
-        changed = self.db.upsert(products, progress=ctx.report_progress)
+
+        def progress(done: int, total: int) -> None:
+            ctx.report_progress(done, total)
+            if self.chunk_pause and done < total:
+                time.sleep(self.chunk_pause)
+            ctx.raise_if_stop_requested()  # inside the transaction: a stop rolls it back
+
+        changed = self.db.upsert(products, progress=progress)
         keys = [product_key(sku) for sku in changed]
         if keys:
             keys.append(ALL_PRODUCTS_KEY)
