@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING
 
 from ._clock import Clock, ManualClock, SystemClock
+from ._invalidation import CacheInvalidator, InvalidationBatch, InvalidationError
 from ._job import (
     JobContext,
     JobOutcome,
@@ -31,9 +32,12 @@ __all__ = [
     "JOBS_RAISER_ID",
     "STOP_JOB_EVENT_ID",
     "AbortedRun",
+    "CacheInvalidator",
     "Clock",
     "Cron",
     "Interval",
+    "InvalidationBatch",
+    "InvalidationError",
     "JobContext",
     "JobOutcome",
     "JobProgress",

@@ -168,60 +168,78 @@ def _run(t: Timeline, settings: InventorySettings, tmp: Path) -> int:
             web = WebInstance(name, InMemoryTransport(hub), settings, db=db, feed_url=feed.url)
             webs.append(web.start())
             t.say(f"{name} serving on {web.url} (own EventBroker + HybridCache)")
-        t.say(f"job-1 runs the scheduler (job store: SQLite), cache entries last {settings.cache_seconds:g}s")
+        t.say(
+            f"job-1 runs the scheduler (job store: SQLite), cache entries last {settings.cache_seconds:g}s"
+        )
 
         t.step("1. Read a product through both web instances")
         old = stock_level(0, 1)
         for web in webs:
             read = read_product(client, web, DEMO_SKU)
             show_read(t, read)
-            t.check(read.status == 200 and read.stock == old and read.fresh is True,
-                    f"{web.name} serves stock {old} (fresh)")
+            t.check(
+                read.status == 200 and read.stock == old and read.fresh is True,
+                f"{web.name} serves stock {old} (fresh)",
+            )
 
         t.step("2. The inventory system's stock levels change; job-1 runs the import")
         feed.generation = 2
         new = stock_level(0, 2)
         run = waiter.run()
-        t.check(run is not None and run.outcome is JobOutcome.SUCCEEDED,
-                f"import: {run.status_message if run else 'did not finish'}")
+        t.check(
+            run is not None and run.outcome is JobOutcome.SUCCEEDED,
+            f"import: {run.status_message if run else 'did not finish'}",
+        )
         if run is not None:
-            t.say(f"  run {run.run_id[:8]} on {run.instance_id}, {(run.duration or 0) * 1000:.0f} ms")
+            t.say(
+                f"  run {run.run_id[:8]} on {run.instance_id}, {(run.duration or 0) * 1000:.0f} ms"
+            )
 
         t.step("3. Each web instance receives the invalidation")
         key = product_key(DEMO_SKU)
         for web in webs:
             got = web.wait_received(key)
             if got is not None:
-                t.say(f"  {web.name} got {got.action} {got.key} {got.delay_ms:.1f} ms after it was sent "
-                      f"({len(web.received)} keys in all)")
+                t.say(
+                    f"  {web.name} got {got.action} {got.key} {got.delay_ms:.1f} ms after it was sent "
+                    f"({len(web.received)} keys in all)"
+                )
             t.check(got is not None, f"{web.name} received the invalidation of {key}")
 
         t.step("4. Read again: new stock on both instances")
         for web in webs:
             read = read_product(client, web, DEMO_SKU)
             show_read(t, read)
-            t.check(read.status == 200 and read.stock == new and read.fresh is True,
-                    f"{web.name} serves the new stock {new} (fresh)")
+            t.check(
+                read.status == 200 and read.stock == new and read.fresh is True,
+                f"{web.name} serves the new stock {new} (fresh)",
+            )
 
         t.step("5. The inventory system goes down")
         feed.failing = True
         failed = waiter.run()
-        t.check(failed is not None and failed.outcome is JobOutcome.FAILED,
-                f"import fails cleanly: {failed.status_message if failed else 'did not finish'}")
+        t.check(
+            failed is not None and failed.outcome is JobOutcome.FAILED,
+            f"import fails cleanly: {failed.status_message if failed else 'did not finish'}",
+        )
         wait = settings.cache_seconds + 0.2
         t.say(f"  waiting {wait:.1f}s for the cached entries to expire ...")
         time.sleep(wait)
         for web in webs:
             read = read_product(client, web, DEMO_SKU)
             show_read(t, read)
-            t.check(read.status == 200 and read.stock == new and read.fresh is False,
-                    f"{web.name} stays up with the last good value {new} (marked stale)")
+            t.check(
+                read.status == 200 and read.stock == new and read.fresh is False,
+                f"{web.name} stays up with the last good value {new} (marked stale)",
+            )
 
         t.step("Job history (newest first)")
         for h in job.scheduler.history(job.job.id):
             duration = f"{(h.duration or 0) * 1000:5.0f} ms"
-            t.say(f"  {time.strftime('%H:%M:%S', time.localtime(h.started_at))} {duration} "
-                  f"{h.outcome.value:<9} {h.instance_id}: {h.status_message[:70]}")
+            t.say(
+                f"  {time.strftime('%H:%M:%S', time.localtime(h.started_at))} {duration} "
+                f"{h.outcome.value:<9} {h.instance_id}: {h.status_message[:70]}"
+            )
     finally:
         client.close()
         for web in webs:

@@ -10,9 +10,9 @@ from typing import Any
 
 import attrs
 import uvicorn
+from cache.eventbroker_backplane import EventBrokerBackplane
 
 from cache import CacheOptions, EntryOptions, HybridCache
-from cache.eventbroker_backplane import EventBrokerBackplane
 from eventbroker import (
     EventBroker,
     EventBrokerOptions,

@@ -50,6 +50,6 @@ class InventorySettings:
         }
         values = {field: env[var] for field, var in names.items() if env.get(var)}
         try:
-            return cls(**values)  # type: ignore[arg-type]
+            return cls(**values)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"inventory settings from the environment are invalid: {exc}") from exc

@@ -103,7 +103,9 @@ def create_app(
         sku = request.path_params["sku"]
         key = product_key(sku)
         try:
-            value = await cache.get_or_set_async(key, lambda: load_product(sku), entry_options)
+            value: dict[str, Any] = await cache.get_or_set_async(
+                key, lambda: load_product(sku), entry_options
+            )
         except ProductNotFound:
             return JSONResponse({"error": f"no product {sku}", "instance": name}, status_code=404)
         except Exception as exc:
@@ -116,7 +118,9 @@ def create_app(
 
     async def products(request: Request) -> JSONResponse:
         try:
-            value = await cache.get_or_set_async(ALL_PRODUCTS_KEY, load_all, entry_options)
+            value: dict[str, Any] = await cache.get_or_set_async(
+                ALL_PRODUCTS_KEY, load_all, entry_options
+            )
         except Exception as exc:
             freshness.failed(ALL_PRODUCTS_KEY)
             return JSONResponse({"error": str(exc), "instance": name}, status_code=503)
