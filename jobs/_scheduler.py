@@ -367,13 +367,15 @@ class JobScheduler:
     ) -> tuple[_Running, JobRun] | None:
         trigger: JobTrigger | None = state.run_requested
         next_run_at = state.next_run_at
-        if trigger is None:
-            if job.schedule is None or state.next_run_at is None or state.next_run_at > now:
-                return None
-            trigger = JobTrigger.SCHEDULED
-            next_run_at = job.schedule.next_after(state.next_run_at)
-            if next_run_at <= now:  # missed slots while nobody ran: run once, then resume
+        due = job.schedule is not None and next_run_at is not None and next_run_at <= now
+        if trigger is None and not due:
+            return None
+        if due and job.schedule is not None and next_run_at is not None:
+            # this run takes the slot; missed slots (nobody was up) run once, not each
+            next_run_at = job.schedule.next_after(next_run_at)
+            if next_run_at <= now:
                 next_run_at = job.schedule.next_after(now)
+        trigger = trigger or JobTrigger.SCHEDULED
         run_id = uuid.uuid4().hex
         lease = HeldLease(job.id, run_id, self.options.lease_seconds, now)
         if not self.store.try_acquire(

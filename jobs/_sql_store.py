@@ -155,7 +155,6 @@ class SqlJobStore(abc.ABC):
         else:
             guard, guard_value = "run_requested = :guard", trigger.value
             clear = "NULL"
-            next_run_at = seen.next_run_at
         _, count = self._q(
             "UPDATE {s} SET lease_holder = :holder, lease_run_id = :run, "
             f"lease_expires_at = :until, next_run_at = :next, run_requested = {clear} "

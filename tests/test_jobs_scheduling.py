@@ -192,3 +192,14 @@ def test_background_loop_runs_manual_request(tmp_path: Path) -> None:
         s.run_now(job.id)
         assert done.wait(10)
     assert finished[0].outcome is JobOutcome.SUCCEEDED and job.runs == 1
+
+
+def test_manual_run_when_the_slot_is_due_also_takes_the_slot(tmp_path: Path) -> None:
+    clock, job = ManualClock(T0), CountingJob(Interval(60))
+    s = make(tmp_path, job, clock)
+    clock.advance(60)
+    s.run_now(job.id)
+    [run] = s.run_pending()
+    assert run.trigger is JobTrigger.MANUAL
+    assert s.run_pending() == []  # no second run for the same slot
+    assert s.store.state(job.id).next_run_at == T0 + 120
