@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from cache import Backplane, BackplaneMessage, BackplaneMessageAction, EntryOptions
+from cache import Backplane, BackplaneError, BackplaneMessage, BackplaneMessageAction, EntryOptions
 
 if TYPE_CHECKING:
     from eventbroker import EventRegistry
@@ -32,7 +32,7 @@ class CacheInvalidator:
     echoes a message to its sender. Expire keeps the old value on each instance for fail-safe
     (the next read reloads it; if that load fails the last good value is served); remove
     deletes it. Keys are de-duplicated, stamped with one time (entries loaded before it are
-    affected) and sent in order; when the transport pushes back (`PublishError`, a full
+    affected) and sent in order; when the transport pushes back (`PublishError` or `BackplaneError`: a full
     outgoing queue) the invalidator waits and retries until `publish_timeout`.
     """
 
@@ -78,7 +78,7 @@ class CacheInvalidator:
             message = BackplaneMessage(cache_key=pending[sent], action=action, timestamp=stamp)
             try:
                 self.backplane.publish(message, self._options)
-            except PublishError as exc:
+            except (PublishError, BackplaneError) as exc:
                 if time.monotonic() + delay > deadline:
                     raise InvalidationError(
                         f"published {sent} of {len(pending)} invalidations; the transport kept "

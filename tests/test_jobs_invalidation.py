@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cache import (
+    BackplaneError,
     BackplaneMessage,
     CacheOptions,
     EntryOptions,
@@ -87,7 +88,9 @@ class Refusing:
     def publish(self, message: BackplaneMessage, options: EntryOptions) -> None:
         if self.refusals:
             self.refusals -= 1
-            raise PublishError("outgoing queue full")
+            if self.refusals % 2:
+                raise PublishError("outgoing queue full")
+            raise BackplaneError("event broker cannot publish backplane message")
         self.sent.append(message.cache_key)
 
 
