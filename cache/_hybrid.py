@@ -852,7 +852,10 @@ class HybridCache:
             return
         if message.action is BackplaneMessageAction.ENTRY_REMOVE:
             self._memory.remove_if(message.cache_key, entry)
-        else:  # ENTRY_SET (take the newer value from L2) and ENTRY_EXPIRE
+        elif message.action is BackplaneMessageAction.ENTRY_SET:
+            # a newer value is in L2: anything newer than our copy may be served
+            self._invalidate(message.cache_key, entry, self._clock(), entry.timestamp)
+        else:  # ENTRY_EXPIRE: L2 values up to the message's time are stale too
             self._invalidate(message.cache_key, entry, self._clock(), message.timestamp)
 
     def _on_backplane_messages_lost(self) -> None:
