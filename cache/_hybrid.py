@@ -822,11 +822,14 @@ class HybridCache:
 
     # ---------------------------------------------------------------- backplane, incoming
 
-    def _expire_all_local(self, older_than: float, invalidated_at: float) -> None:
+    def _expire_all_local(self, older_than: float, invalidated_at: float | None) -> None:
+        """Expire every entry made before `older_than`. `invalidated_at`: L2 values up to that
+        time are stale too; `None`: only L2 values newer than each entry's own are fresh."""
         now = self._clock()
         for key, entry in self._memory.items():
             if entry.timestamp < older_than:
-                self._invalidate(key, entry, now, invalidated_at)
+                at = entry.timestamp if invalidated_at is None else invalidated_at
+                self._invalidate(key, entry, now, at)
 
     def _invalidate(self, key: str, entry: Entry, now: float, invalidated_at: float) -> None:
         if entry.keeps_stale_value:
@@ -852,17 +855,21 @@ class HybridCache:
             return
         if message.action is BackplaneMessageAction.ENTRY_REMOVE:
             self._memory.remove_if(message.cache_key, entry)
-        else:  # ENTRY_SET (take the newer value from L2) and ENTRY_EXPIRE
+        elif message.action is BackplaneMessageAction.ENTRY_SET:
+            # a newer value is in L2: anything newer than our copy may be served
+            self._invalidate(message.cache_key, entry, self._clock(), entry.timestamp)
+        else:  # ENTRY_EXPIRE: L2 values up to the message's time are stale too
             self._invalidate(message.cache_key, entry, self._clock(), message.timestamp)
 
     def _on_backplane_messages_lost(self) -> None:
-        now = self._clock()
+        """An invalidation may have been lost: expire every local entry (values kept for
+        fail-safe); the next read takes a newer L2 value if there is one, else calls the factory."""
         logger.warning(
             "cache %r: backplane messages may have been lost; expiring every local entry "
             "(values kept for fail-safe)",
             self.options.name,
         )
-        self._expire_all_local(float("inf"), now)
+        self._expire_all_local(float("inf"), None)
 
     # ---------------------------------------------------------------- auto-recovery
 
