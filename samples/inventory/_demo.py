@@ -197,12 +197,13 @@ def _run(t: Timeline, settings: InventorySettings, tmp: Path) -> int:
 
         t.step("3. Each web instance receives the invalidation")
         key = product_key(DEMO_SKU)
+        source = job.broker.instance_id
         for web in webs:
-            got = web.wait_received(key)
+            got = web.wait_received(key, source)
             if got is not None:
                 t.say(
-                    f"  {web.name} got {got.action} {got.key} {got.delay_ms:.1f} ms after it was sent "
-                    f"({len(web.received)} keys in all)"
+                    f"  {web.name} got {got.action} {got.key} from job-1 {got.delay_ms:.1f} ms "
+                    f"after it was sent ({len(web.received_from(source))} keys in all)"
                 )
             t.check(got is not None, f"{web.name} received the invalidation of {key}")
 

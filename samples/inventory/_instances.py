@@ -10,9 +10,10 @@ from typing import Any
 
 import attrs
 import uvicorn
-from cache.eventbroker_backplane import EventBrokerBackplane
 
 from cache import CacheOptions, EntryOptions, HybridCache
+from cache.eventbroker_backplane import EVENT_ID as BACKPLANE_EVENT_ID
+from cache.eventbroker_backplane import EventBrokerBackplane
 from eventbroker import (
     EventBroker,
     EventBrokerOptions,
@@ -37,6 +38,7 @@ class Received:
     key: str
     action: str
     delay_ms: float
+    source_instance_id: str
 
 
 def _backplane_fields(param: Any) -> tuple[str, str]:
@@ -101,17 +103,33 @@ class WebInstance:
         )
 
     def _on_received(self, args: EventReceivedEventArgs) -> None:
+        if args.event_id != BACKPLANE_EVENT_ID:
+            return
         key, action = _backplane_fields(args.param)
+        delay_ms = (time.time() - args.sent_at) * 1000
         with self._received_cond:
-            self.received.append(Received(key, action, (time.time() - args.sent_at) * 1000))
+            self.received.append(Received(key, action, delay_ms, args.source_instance_id))
             self._received_cond.notify_all()
 
-    def wait_received(self, key: str, timeout: float = 10.0) -> Received | None:
-        """The first message for `key` this instance received (waiting up to `timeout`)."""
+    def received_from(self, source_instance_id: str) -> list[Received]:
+        with self._received_cond:
+            return [r for r in self.received if r.source_instance_id == source_instance_id]
+
+    def wait_received(
+        self, key: str, source_instance_id: str, timeout: float = 10.0
+    ) -> Received | None:
+        """The first backplane message for `key` from that instance (waiting up to `timeout`)."""
         deadline = time.monotonic() + timeout
         with self._received_cond:
             while True:
-                found = next((r for r in self.received if r.key == key), None)
+                found = next(
+                    (
+                        r
+                        for r in self.received
+                        if r.key == key and r.source_instance_id == source_instance_id
+                    ),
+                    None,
+                )
                 left = deadline - time.monotonic()
                 if found is not None or left <= 0:
                     return found

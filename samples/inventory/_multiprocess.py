@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from ._settings import InventorySettings
@@ -9,7 +10,7 @@ from ._settings import InventorySettings
 
 def run_servicebus_demo(settings: InventorySettings, connection_string: str | None) -> int:
     try:
-        import eventbroker.servicebus  # noqa: F401
+        importlib.import_module("eventbroker.servicebus")
     except ImportError:
         print(
             "error: --transport servicebus needs the Service Bus transport "
