@@ -1,4 +1,7 @@
-"""``python -m samples.inventory``: the one-command demo (see docs/inventory-sample.md)."""
+"""``python -m samples.inventory``: the one-command demo (see docs/inventory-sample.md).
+
+``python -m samples.inventory web | job | feed`` run one role of a real deployment.
+"""
 
 from __future__ import annotations
 
@@ -15,26 +18,50 @@ def main(argv: list[str] | None = None) -> int:
         description="Inventory import + cache invalidation demo (two web instances, one job).",
     )
     parser.add_argument(
+        "role",
+        nargs="?",
+        choices=("demo", "web", "job", "feed"),
+        default="demo",
+        help="demo (default): the whole story; web/job: one instance of a deployment "
+        "(Service Bus); feed: a demo inventory system",
+    )
+    parser.add_argument(
         "--transport",
         choices=("memory", "servicebus"),
         default="memory",
-        help="memory: one process, in-memory hub (default); servicebus: separate OS processes",
+        help="demo only. memory: one process, in-memory hub (default); "
+        "servicebus: separate OS processes over Service Bus",
     )
-    parser.add_argument("--connection-string", help="Service Bus connection string (servicebus)")
+    parser.add_argument("--connection-string", help="Service Bus connection string")
+    parser.add_argument("--port", type=int, default=8100, help="feed role: port (default 8100)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log library messages")
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.ERROR,
+        level=logging.INFO if args.verbose or args.role in ("web", "job") else logging.CRITICAL,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
         settings = InventorySettings.from_env()
     except ValueError as exc:
         parser.error(str(exc))
-    if args.transport == "servicebus":
-        from ._multiprocess import run_servicebus_demo
 
-        return run_servicebus_demo(settings, args.connection_string)
+    from ._roles import RoleError, run_feed, run_job, run_web, servicebus_transport
+
+    try:
+        if args.role == "feed":
+            run_feed(args.port)
+            return 0
+        if args.role in ("web", "job"):
+            transport = servicebus_transport(args.connection_string)
+            (run_web if args.role == "web" else run_job)(settings, transport)
+            return 0
+        if args.transport == "servicebus":
+            from ._multiprocess import run_servicebus_demo
+
+            return run_servicebus_demo(settings, args.connection_string)
+    except RoleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from ._demo import run_demo
 
     return run_demo(settings)
