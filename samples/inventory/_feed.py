@@ -121,7 +121,10 @@ class InventoryFeed:
 
     def start(self) -> InventoryFeed:
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="inventory-feed", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="inventory-feed",
+            daemon=True,
         )
         self._thread.start()
         return self

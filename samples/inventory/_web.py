@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -36,18 +37,25 @@ class ProductNotFound(LookupError):
 class _Freshness:
     """Tells whether a value returned by the cache is the fallback of a failed refresh.
 
-    Each loaded value carries ``loaded_at``; a value loaded before the latest failed refresh
-    of its key is the stale value fail-safe kept (also while fail-safe throttles retries).
+    Every load and every failed load takes a number from one counter; a value loaded before
+    the latest failed load of its key is the stale value fail-safe kept (also while fail-safe
+    throttles retries), a value loaded after it is fresh.
     """
 
     def __init__(self) -> None:
-        self._failed_at: dict[str, float] = {}
+        self._counter = itertools.count(1)
+        self._failed: dict[str, int] = {}
+
+    def loaded(self) -> int:
+        return next(self._counter)
 
     def failed(self, key: str) -> None:
-        self._failed_at[key] = time.time()
+        self._failed[key] = next(self._counter)
 
-    def is_fresh(self, key: str, value: dict[str, Any]) -> bool:
-        return float(value["loaded_at"]) > self._failed_at.get(key, 0.0)
+    def respond(self, key: str, value: dict[str, Any], name: str) -> JSONResponse:
+        fresh = int(value["_load"]) > self._failed.get(key, 0)
+        body = {k: v for k, v in value.items() if not k.startswith("_")}
+        return JSONResponse({**body, "instance": name, "fresh": fresh, "stale": not fresh})
 
 
 def create_app(
@@ -87,16 +95,22 @@ def create_app(
             "eta_days": incoming["eta_days"],
             "loaded_at": time.time(),
             "loaded_by": name,
+            "_load": freshness.loaded(),
         }
 
     async def load_all() -> dict[str, Any]:
-        products = await asyncio.to_thread(db.all)
+        try:
+            products = await asyncio.to_thread(db.all)
+        except Exception:
+            freshness.failed(ALL_PRODUCTS_KEY)
+            raise
         return {
             "products": [
                 {"sku": p.sku, "name": p.name, "stock": p.stock, "price": p.price_cents / 100}
                 for p in products
             ],
             "loaded_at": time.time(),
+            "_load": freshness.loaded(),
         }
 
     async def product(request: Request) -> JSONResponse:
@@ -113,8 +127,7 @@ def create_app(
             return JSONResponse(
                 {"error": f"product {sku} unavailable: {exc}", "instance": name}, status_code=503
             )
-        fresh = freshness.is_fresh(key, value)
-        return JSONResponse({**value, "instance": name, "fresh": fresh, "stale": not fresh})
+        return freshness.respond(key, value, name)
 
     async def products(request: Request) -> JSONResponse:
         try:
@@ -122,10 +135,8 @@ def create_app(
                 ALL_PRODUCTS_KEY, load_all, entry_options
             )
         except Exception as exc:
-            freshness.failed(ALL_PRODUCTS_KEY)
             return JSONResponse({"error": str(exc), "instance": name}, status_code=503)
-        fresh = freshness.is_fresh(ALL_PRODUCTS_KEY, value)
-        return JSONResponse({**value, "instance": name, "fresh": fresh, "stale": not fresh})
+        return freshness.respond(ALL_PRODUCTS_KEY, value, name)
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "instance": name, "cache_entries": cache.memory_count})
