@@ -19,7 +19,7 @@ import hmac
 import json
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -123,28 +123,15 @@ def _needs_conversion(value: object) -> bool:
             raise _Unsendable(f"is {value!r}: only finite floats can be sent as JSON")
         return False
     if kind is dict:
-        convert = False
-        for key, item in value.items():  # type: ignore[attr-defined]
+        for key in value:  # type: ignore[attr-defined]
             if type(key) is not str:
                 raise _Unsendable(
                     f"has a key of type {type(key).__name__} ({key!r}): "
                     "dict keys of an event param must be str"
                 )
-            try:
-                convert = _needs_conversion(item) or convert
-            except _Unsendable as error:
-                error.path.append(f"[{key!r}]")
-                raise
-        return convert
+        return _items_need_conversion(value.items(), "[{!r}]")  # type: ignore[attr-defined]
     if isinstance(value, list | tuple):
-        convert = isinstance(value, tuple)
-        for index, item in enumerate(value):
-            try:
-                convert = _needs_conversion(item) or convert
-            except _Unsendable as error:
-                error.path.append(f"[{index}]")
-                raise
-        return convert
+        return _items_need_conversion(enumerate(value), "[{}]") or isinstance(value, tuple)
     if isinstance(value, uuid.UUID | datetime.datetime | datetime.date):
         return True
     if isinstance(value, _JSON_SCALARS):  # subclasses, such as str and int enums
@@ -152,17 +139,24 @@ def _needs_conversion(value: object) -> bool:
             raise _Unsendable(f"is {value!r}: only finite floats can be sent as JSON")
         return True
     if attrs.has(kind):
-        for field in attrs.fields(kind):
-            try:
-                _needs_conversion(getattr(value, field.name))
-            except _Unsendable as error:
-                error.path.append(f".{field.name}")
-                raise
+        fields = ((f.name, getattr(value, f.name)) for f in attrs.fields(kind))
+        _items_need_conversion(fields, ".{}")
         return True
     raise _Unsendable(
         f"has type {kind.__module__}.{kind.__qualname__}, which cannot be sent: use str, int, "
         "float, bool, None, list, dict with str keys, UUID, datetime or an attrs class"
     )
+
+
+def _items_need_conversion(items: Iterable[tuple[object, object]], label: str) -> bool:
+    convert = False
+    for key, item in items:
+        try:
+            convert = _needs_conversion(item) or convert
+        except _Unsendable as error:
+            error.path.append(label.format(key))  # formatted only on the error path
+            raise
+    return convert
 
 
 def _key_id_for(secret: str) -> str:
@@ -279,7 +273,7 @@ class EnvelopeCodec:
                 sequence,
                 float(sent_at),
                 param,
-                key_id,
+                str(key_id),
             )
         except ValueError as error:
             raise EnvelopeError("malformed", f"bad envelope field: {error}") from None
