@@ -181,3 +181,27 @@ def test_random_faults_on_the_hub_never_dispatch_twice_and_report_every_gap() ->
     want = expected_gaps(sender.instance_id, set(seqs))
     got = {(m.source_instance_id, m.first_sequence, m.last_sequence) for m in reported}
     assert want and as_numbers(got) == as_numbers(want)  # type: ignore[arg-type]
+
+
+def test_delayed_delivery_arrives_once_and_out_of_order_within_the_timeout_is_no_miss() -> None:
+    clock = FakeClock()
+    hub = InMemoryHub(HubFaults(delay=0.05, seed=7))
+    sender = EventBroker(InMemoryTransport(hub), EventBrokerOptions(secret="k"), clock=clock)
+    receiver = EventBroker(InMemoryTransport(hub), EventBrokerOptions(secret="k"), clock=clock)
+    order: list[int] = []
+    receiver.event_received.subscribe(lambda a: order.append(a.sequence))
+    with sender, receiver:
+        for n in range(100):
+            sender.raise_event(EVENT, EVENT, n)
+        hub.drain()
+        clock.advance(TIMEOUT * 2)
+        assert receiver.check_missed_events() == []
+    assert sorted(order) == list(range(1, 101))
+    assert order != sorted(order)  # the delays really reordered them
+
+
+def test_fault_probabilities_are_validated() -> None:
+    with pytest.raises(ValueError, match=r"HubFaults.drop is a probability in \[0, 1\], got 1.5"):
+        HubFaults(drop=1.5)
+    with pytest.raises(ValueError, match="HubFaults.delay"):
+        HubFaults(delay=-1)
