@@ -102,3 +102,19 @@ def test_import_job_skips_bad_rows_upserts_and_invalidates_changed(
     assert failed.status_message == "ImportFailed: inventory system answered HTTP 503"
     assert len(invalidator.calls) == 2  # nothing imported, nothing invalidated
     scheduler.stop()
+
+
+def test_a_stopped_import_rolls_back_and_invalidates_nothing(
+    tmp_path: Path, feed: InventoryFeed
+) -> None:
+    db = InventoryDb(tmp_path / "inventory.sqlite3")
+    invalidator = RecordingInvalidator()
+    job = InventoryImportJob(feed_url=feed.url, db=db, invalidator=invalidator)
+    scheduler = JobScheduler([job], store=tmp_path / "jobs.sqlite3")
+    # an operator presses "stop" as soon as the first rows are written
+    scheduler.on_progress(lambda p: p.done and scheduler.request_stop(job.id))
+    scheduler.run_now(job.id)
+    [run] = scheduler.run_pending()
+    assert run.outcome is JobOutcome.STOPPED
+    assert db.all() == [] and invalidator.calls == []
+    scheduler.stop()

@@ -203,3 +203,26 @@ def test_manual_run_when_the_slot_is_due_also_takes_the_slot(tmp_path: Path) -> 
     assert run.trigger is JobTrigger.MANUAL
     assert s.run_pending() == []  # no second run for the same slot
     assert s.store.state(job.id).next_run_at == T0 + 120
+
+
+async def test_async_faces_run_a_job_without_blocking_the_loop(tmp_path: Path) -> None:
+    import asyncio
+
+    finished = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    class AsyncJob(ScheduledJob):
+        id = uuid.UUID("0a2b9c1e-0000-4000-8000-0000000000aa")
+
+        async def execute(self, ctx: JobContext) -> str:
+            await asyncio.sleep(0)
+            return "async done"
+
+    async with JobScheduler(
+        [AsyncJob()], store=tmp_path / "j.sqlite3", options=SchedulerOptions(poll_interval=0.05)
+    ) as s:
+        s.on_finished(lambda run: loop.call_soon_threadsafe(finished.set))
+        await s.run_now_async(AsyncJob.id)
+        await asyncio.wait_for(finished.wait(), 10)
+        [run] = await s.history_async(AsyncJob.id)
+    assert (run.outcome, run.status_message) == (JobOutcome.SUCCEEDED, "async done")
