@@ -10,8 +10,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import attrs
 import httpx
@@ -21,7 +22,7 @@ from jobs import JobOutcome, JobProgress, JobRun
 
 from ._db import InventoryDb
 from ._feed import PRODUCTS, InventoryFeed, stock_level
-from ._instances import JobInstance, WebInstance
+from ._instances import JobInstance, Received, WebInstance
 from ._keys import product_key
 from ._settings import InventorySettings
 
@@ -70,6 +71,14 @@ class Timeline:
         else:
             print(f"{self._stamp()} {bar}", file=self.out, flush=True)
 
+    def verdict(self) -> int:
+        """Print the summary; 0 only if every check held."""
+        if self.failed or not self.passed:
+            self.step(f"{len(self.failed)} check(s) FAILED: " + "; ".join(self.failed))
+            return 1
+        self.step(f"All {self.passed} checks held.")
+        return 0
+
     def _end_progress(self) -> None:
         if self._progress_open:
             print(file=self.out)
@@ -85,7 +94,7 @@ class Read:
     loaded_by: str | None
 
 
-def read_product(client: httpx.Client, web: WebInstance, sku: str) -> Read:
+def read_product(client: httpx.Client, web: WebHandle, sku: str) -> Read:
     response = client.get(f"{web.url}/products/{sku}")
     body: dict[str, Any] = response.json()
     return Read(
@@ -105,14 +114,57 @@ def show_read(t: Timeline, read: Read) -> None:
     )
 
 
-class JobWaiter:
-    """Runs the import now and waits for its end (the scheduler runs it on its own thread)."""
+def read_everywhere(
+    t: Timeline, client: httpx.Client, webs: list[WebHandle], stock: int, *, fresh: bool, says: str
+) -> None:
+    """Read the demo product through every web instance and check stock and freshness."""
+    for web in webs:
+        read = read_product(client, web, DEMO_SKU)
+        show_read(t, read)
+        t.check(
+            read.status == 200 and read.stock == stock and read.fresh is fresh,
+            f"{web.name} {says.format(stock=stock)}",
+        )
 
-    def __init__(self, job: JobInstance) -> None:
+
+class WebHandle(Protocol):
+    """A web instance as the story sees it (in this process or another one)."""
+
+    name: str
+    url: str
+
+    def wait_received(
+        self, key: str, source_instance_id: str, timeout: float = 10.0
+    ) -> Received | None: ...
+
+    def received_from(self, source_instance_id: str) -> list[Received]: ...
+
+
+class JobHandle(Protocol):
+    """The job instance as the story sees it."""
+
+    name: str
+    instance_id: str
+    """Its broker's instance id (the source of its invalidations)."""
+
+    def run(self, timeout: float = 30.0) -> JobRun | None:
+        """Run the import now; its record once it ended (None: it did not end in time)."""
+        ...
+
+    def history(self) -> list[JobRun]: ...
+
+
+class LocalJob:
+    """A `JobInstance` in this process: runs the import now and waits for its end."""
+
+    def __init__(self, job: JobInstance, on_progress: Callable[[JobProgress], None]) -> None:
         self.job = job
+        self.name = job.name
+        self.instance_id = job.broker.instance_id
         self._done = threading.Event()
         self._last: JobRun | None = None
         job.scheduler.on_finished(self._finished)
+        job.scheduler.on_progress(on_progress)
 
     def _finished(self, run: JobRun) -> None:
         self._last = run
@@ -123,134 +175,138 @@ class JobWaiter:
         self.job.scheduler.run_now(self.job.job.id)
         return self._last if self._done.wait(timeout) else None
 
+    def history(self) -> list[JobRun]:
+        return self.job.scheduler.history(self.job.job.id)
 
-def run_demo(settings: InventorySettings, out: TextIO = sys.stdout) -> int:
-    t = Timeline(out)
-    settings = attrs.evolve(
+
+def demo_settings(settings: InventorySettings) -> InventorySettings:
+    """The demo's settings: a random shared secret unless one is set, short cache entries."""
+    return attrs.evolve(
         settings,
         secret=settings.secret or secrets.token_hex(16),
         cache_seconds=DEMO_CACHE_SECONDS,
     )
-    with tempfile.TemporaryDirectory(prefix="inventory-demo-") as tmp:
-        return _run(t, settings, Path(tmp))
 
 
-def _run(t: Timeline, settings: InventorySettings, tmp: Path) -> int:
+def run_demo(settings: InventorySettings, out: TextIO = sys.stdout) -> int:
+    """The embedded demo: everything in this process on one in-memory hub."""
+    t = Timeline(out)
+    settings = demo_settings(settings)
     t.step("Setting up (one process: in-memory hub, SQLite in a temp dir, no services)")
-    feed = InventoryFeed().start()
-    db_target = settings.database_url or str(tmp / "inventory.sqlite3")
-    db = InventoryDb(db_target)
-    t.say(f"inventory system (external) on {feed.url}, stock generation 1")
-    t.say(f"database: {'PostgreSQL (DATABASE_URL)' if db.is_postgres else 'SQLite'}")
     hub = InMemoryHub()
     webs: list[WebInstance] = []
     job: JobInstance | None = None
-    client = httpx.Client(timeout=10)
-    try:
-        job = JobInstance(
-            "job-1",
-            InMemoryTransport(hub),
-            settings,
-            db=db,
-            feed_url=feed.url,
-            jobs_store=str(tmp / "jobs.sqlite3"),
-            chunk_pause=0.15,
-        )
-        waiter = JobWaiter(job)
-        job.scheduler.on_progress(t.progress)
-        job.scheduler.start()
-        first = waiter.run()
+    with tempfile.TemporaryDirectory(prefix="inventory-demo-") as tmp, InventoryFeed() as feed:
+        db = InventoryDb(settings.database_url or str(Path(tmp) / "inventory.sqlite3"))
+        t.say(f"inventory system (external) on {feed.url}, stock generation 1")
+        t.say(f"database: {'PostgreSQL (DATABASE_URL)' if db.is_postgres else 'SQLite'}")
+
+        def start_webs() -> list[WebHandle]:
+            for name in ("web-1", "web-2"):
+                web = WebInstance(name, InMemoryTransport(hub), settings, db=db, feed_url=feed.url)
+                webs.append(web.start())
+                t.say(f"{name} serving on {web.url} (own EventBroker + HybridCache)")
+            return list(webs)
+
+        try:
+            job = JobInstance(
+                "job-1",
+                InMemoryTransport(hub),
+                settings,
+                db=db,
+                feed_url=feed.url,
+                jobs_store=str(Path(tmp) / "jobs.sqlite3"),
+                chunk_pause=0.15,
+            )
+            job.scheduler.start()
+            run_story(t, feed, LocalJob(job, t.progress), start_webs, settings.cache_seconds)
+        finally:
+            for web in webs:
+                web.stop()
+            if job is not None:
+                job.stop()
+    return t.verdict()
+
+
+def run_story(
+    t: Timeline,
+    feed: InventoryFeed,
+    job: JobHandle,
+    start_webs: Callable[[], list[WebHandle]],
+    cache_seconds: float,
+) -> None:
+    """The timeline: the same steps whatever runs the instances."""
+    with httpx.Client(timeout=10) as client:
+        first = job.run()
         t.check(
             first is not None and first.outcome is JobOutcome.SUCCEEDED,
             f"initial import: {first.status_message if first else 'did not finish'}",
         )
-        for name in ("web-1", "web-2"):
-            web = WebInstance(name, InMemoryTransport(hub), settings, db=db, feed_url=feed.url)
-            webs.append(web.start())
-            t.say(f"{name} serving on {web.url} (own EventBroker + HybridCache)")
+        webs = start_webs()
+        t.say(f"{job.name} runs the scheduler, cache entries last {cache_seconds:g}s")
+        _steps(t, feed, job, webs, client, cache_seconds)
+
+
+def _steps(
+    t: Timeline,
+    feed: InventoryFeed,
+    job: JobHandle,
+    webs: list[WebHandle],
+    client: httpx.Client,
+    cache_seconds: float,
+) -> None:
+    t.step("1. Read a product through both web instances")
+    old = stock_level(0, 1)
+    read_everywhere(t, client, webs, old, fresh=True, says="serves stock {stock} (fresh)")
+
+    t.step(f"2. The inventory system's stock levels change; {job.name} runs the import")
+    feed.generation = 2
+    new = stock_level(0, 2)
+    run = job.run()
+    t.check(
+        run is not None and run.outcome is JobOutcome.SUCCEEDED,
+        f"import: {run.status_message if run else 'did not finish'}",
+    )
+    if run is not None:
+        t.say(f"  run {run.run_id[:8]} on {run.instance_id}, {(run.duration or 0) * 1000:.0f} ms")
+
+    t.step("3. Each web instance receives the invalidation")
+    key = product_key(DEMO_SKU)
+    for web in webs:
+        got = web.wait_received(key, job.instance_id)
+        if got is not None:
+            t.say(
+                f"  {web.name} got {got.action} {got.key} from {job.name} {got.delay_ms:.1f} ms "
+                f"after it was sent ({len(web.received_from(job.instance_id))} keys in all)"
+            )
+        t.check(got is not None, f"{web.name} received the invalidation of {key}")
+
+    t.step("4. Read again: new stock on both instances")
+    read_everywhere(t, client, webs, new, fresh=True, says="serves the new stock {stock} (fresh)")
+
+    t.step("5. The inventory system goes down")
+    feed.failing = True
+    failed = job.run()
+    t.check(
+        failed is not None and failed.outcome is JobOutcome.FAILED,
+        f"import fails cleanly: {failed.status_message if failed else 'did not finish'}",
+    )
+    wait = cache_seconds + 0.2
+    t.say(f"  waiting {wait:.1f}s for the cached entries to expire ...")
+    time.sleep(wait)
+    read_everywhere(
+        t,
+        client,
+        webs,
+        new,
+        fresh=False,
+        says="stays up with the last good value {stock} (marked stale)",
+    )
+
+    t.step("Job history (newest first)")
+    for h in job.history():
+        duration = f"{(h.duration or 0) * 1000:5.0f} ms"
         t.say(
-            f"job-1 runs the scheduler (job store: SQLite), cache entries last {settings.cache_seconds:g}s"
+            f"  {time.strftime('%H:%M:%S', time.localtime(h.started_at))} {duration} "
+            f"{h.outcome.value:<9} {h.instance_id}: {h.status_message[:70]}"
         )
-
-        t.step("1. Read a product through both web instances")
-        old = stock_level(0, 1)
-        for web in webs:
-            read = read_product(client, web, DEMO_SKU)
-            show_read(t, read)
-            t.check(
-                read.status == 200 and read.stock == old and read.fresh is True,
-                f"{web.name} serves stock {old} (fresh)",
-            )
-
-        t.step("2. The inventory system's stock levels change; job-1 runs the import")
-        feed.generation = 2
-        new = stock_level(0, 2)
-        run = waiter.run()
-        t.check(
-            run is not None and run.outcome is JobOutcome.SUCCEEDED,
-            f"import: {run.status_message if run else 'did not finish'}",
-        )
-        if run is not None:
-            t.say(
-                f"  run {run.run_id[:8]} on {run.instance_id}, {(run.duration or 0) * 1000:.0f} ms"
-            )
-
-        t.step("3. Each web instance receives the invalidation")
-        key = product_key(DEMO_SKU)
-        source = job.broker.instance_id
-        for web in webs:
-            got = web.wait_received(key, source)
-            if got is not None:
-                t.say(
-                    f"  {web.name} got {got.action} {got.key} from job-1 {got.delay_ms:.1f} ms "
-                    f"after it was sent ({len(web.received_from(source))} keys in all)"
-                )
-            t.check(got is not None, f"{web.name} received the invalidation of {key}")
-
-        t.step("4. Read again: new stock on both instances")
-        for web in webs:
-            read = read_product(client, web, DEMO_SKU)
-            show_read(t, read)
-            t.check(
-                read.status == 200 and read.stock == new and read.fresh is True,
-                f"{web.name} serves the new stock {new} (fresh)",
-            )
-
-        t.step("5. The inventory system goes down")
-        feed.failing = True
-        failed = waiter.run()
-        t.check(
-            failed is not None and failed.outcome is JobOutcome.FAILED,
-            f"import fails cleanly: {failed.status_message if failed else 'did not finish'}",
-        )
-        wait = settings.cache_seconds + 0.2
-        t.say(f"  waiting {wait:.1f}s for the cached entries to expire ...")
-        time.sleep(wait)
-        for web in webs:
-            read = read_product(client, web, DEMO_SKU)
-            show_read(t, read)
-            t.check(
-                read.status == 200 and read.stock == new and read.fresh is False,
-                f"{web.name} stays up with the last good value {new} (marked stale)",
-            )
-
-        t.step("Job history (newest first)")
-        for h in job.scheduler.history(job.job.id):
-            duration = f"{(h.duration or 0) * 1000:5.0f} ms"
-            t.say(
-                f"  {time.strftime('%H:%M:%S', time.localtime(h.started_at))} {duration} "
-                f"{h.outcome.value:<9} {h.instance_id}: {h.status_message[:70]}"
-            )
-    finally:
-        client.close()
-        for web in webs:
-            web.stop()
-        if job is not None:
-            job.stop()
-        feed.stop()
-
-    if t.failed:
-        t.step(f"{len(t.failed)} check(s) FAILED: " + "; ".join(t.failed))
-        return 1
-    t.step(f"All {t.passed} checks held.")
-    return 0
