@@ -209,11 +209,27 @@ _Gen = Generator[_Step, Any, T]
 class _Flight:
     """One in-progress load of a key, shared by every caller of that key."""
 
-    __slots__ = ("future", "loop")
+    __slots__ = ("future", "loop", "waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        """The outcome, for followers on any thread or loop."""
         self.loop = loop
+        """The async leader's loop (None for a sync leader)."""
+        self.waiter: asyncio.Future[None] | None = None
+        """A cheap wake-up for followers on the leader's own loop (made by the first of them)."""
+
+    async def wait(self, loop: asyncio.AbstractEventLoop) -> Any:
+        """The leader's value (or error) for an async follower on `loop`."""
+        if not self.future.done():
+            if self.loop is loop:
+                if self.waiter is None:
+                    self.waiter = loop.create_future()
+                # shield: a cancelled follower must not cancel the shared flight
+                await asyncio.shield(self.waiter)
+            else:
+                await asyncio.shield(asyncio.wrap_future(self.future))
+        return self.future.result()
 
 
 class _Retry:
@@ -450,8 +466,7 @@ class HybridCache:
                 return await self._lead_async(
                     key, flight, self._load(key, factory, opts, value_type)
                 )
-            # shield: a cancelled follower must not cancel the shared flight
-            value = await asyncio.shield(asyncio.wrap_future(flight.future))
+            value = await flight.wait(loop)
             if value is not _RETRY:
                 return value
 
@@ -480,6 +495,8 @@ class HybridCache:
             flight.future.set_exception(error)
         else:
             flight.future.set_result(_RETRY)
+        if flight.waiter is not None:  # async leader: we are on its loop
+            flight.waiter.set_result(None)
 
     def _lead_sync(self, key: str, flight: _Flight, gen: _Gen[Any]) -> Any:
         try:
