@@ -95,7 +95,9 @@ def thread_suite() -> tuple[float, float]:
         barrier = threading.Barrier(THREADS)
         wrong: list[object] = []
 
-        def read(key: str = key, barrier: threading.Barrier = barrier) -> None:
+        def read(
+            key: str = key, barrier: threading.Barrier = barrier, wrong: list[object] = wrong
+        ) -> None:
             barrier.wait()
             if cache.get_or_set(key, lambda: load(key)) != key:
                 wrong.append(key)
