@@ -667,7 +667,7 @@ class HybridCache:
             error = outcome.error
         if eager:
             logger.warning("eager refresh of %r failed (%s); keeping the current value", key, error)
-            return None
+            return _RETRY  # anyone who joined meanwhile loads the normal way
         if fallback is not None:
             logger.warning(
                 "fail-safe: serving the stale value of %r for %.3gs (%s: %s)",
