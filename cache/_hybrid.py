@@ -20,6 +20,7 @@ import inspect
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Generic, TypeVar, cast
 
@@ -275,7 +276,8 @@ class HybridCache:
         clock: Clock = time.time,
     ) -> None:
         self.options = options if options is not None else CacheOptions()
-        self.instance_id = self.options.instance_id
+        self.instance_id: str = self.options.instance_id or uuid.uuid4().hex
+        """This cache's id: the `source_id` of its backplane messages."""
         self._clock = clock
         self._memory = MemoryCache(self.options.max_entries)
         self._l1 = self._memory.entries

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -98,10 +97,6 @@ class EntryOptions:
         return attrs.evolve(self, **changes)
 
 
-def _new_instance_id() -> str:
-    return uuid.uuid4().hex
-
-
 @attrs.frozen
 class CacheOptions:
     """Options of one `HybridCache`."""
@@ -119,8 +114,9 @@ class CacheOptions:
     """After an L2 error, skip L2 this long, then probe it again (0 disables the breaker)."""
     auto_recovery_max_items: int = attrs.field(default=1000)
     """Bound of the queue of backplane messages that could not be published."""
-    instance_id: str = attrs.field(factory=_new_instance_id)
-    """Unique per cache object; messages from this id are ignored."""
+    instance_id: str | None = None
+    """The cache's id in backplane messages (messages from it are ignored). `None`: a new
+    UUID per `HybridCache`, so caches built from one options object stay distinct."""
     background_workers: int = attrs.field(default=4)
     """Threads for timed-out factories, eager refresh and auto-recovery replay (sync side)."""
 
