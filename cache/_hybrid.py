@@ -600,6 +600,15 @@ class HybridCache:
             return None
         return decode_entry(self._serializer, data, value_type, key)
 
+    def _keep_from_l2(
+        self, key: str, dist: DistributedEntry, now: float, opts: EntryOptions
+    ) -> None:
+        """Put a fresh L2 value into L1 (fresh no longer than `duration` from now)."""
+        if not opts.skip_memory_cache:
+            logical = min(dist.logical_expiration, now + opts.duration)
+            entry = Entry.create(dist.value, dist.timestamp, now, opts, logical_expiration=logical)
+            self._memory.put(key, entry)
+
     def _l2_is_fresh(self, dist: DistributedEntry, local: Entry | None, now: float) -> bool:
         """An L2 value is served as fresh when it is not expired, not older than the local copy,
         and not older than an invalidation (a message, a clear) this cache has seen."""
@@ -630,15 +639,7 @@ class HybridCache:
                 if self._l2_is_fresh(dist, entry, now) and not (
                     eager and entry is not None and dist.timestamp <= entry.timestamp
                 ):
-                    fresh = Entry.create(
-                        dist.value,
-                        dist.timestamp,
-                        now,
-                        opts,
-                        logical_expiration=min(dist.logical_expiration, now + opts.duration),
-                    )
-                    if not opts.skip_memory_cache:
-                        self._memory.put(key, fresh)
+                    self._keep_from_l2(key, dist, now, opts)
                     return dist.value
                 if opts.is_fail_safe_enabled and (
                     fallback is None or dist.timestamp > fallback.timestamp
@@ -658,11 +659,12 @@ class HybridCache:
         if outcome.pending is not None:
             if opts.allow_timed_out_factories_background_completion:
                 yield _CompleteInBackground(key, outcome.pending, opts)
-            which = "soft" if timeout == opts.factory_soft_timeout and fallback else "hard"
+            which = (
+                "soft" if fallback is not None and timeout == opts.factory_soft_timeout else "hard"
+            )
             error: BaseException = FactoryTimeoutError(
                 f"the factory for cache key {key!r} did not finish within the {which} timeout "
-                f"({timeout}s) and there is no stale value to serve; raise "
-                "factory_hard_timeout, or enable is_fail_safe_enabled so an old value can be used"
+                f"({timeout}s)"
             )
         else:
             assert outcome.error is not None
@@ -681,6 +683,11 @@ class HybridCache:
             if not opts.skip_memory_cache:
                 self._memory.put(key, fallback.throttled(self._clock(), opts))
             return fallback.value
+        if isinstance(error, FactoryTimeoutError):
+            raise FactoryTimeoutError(
+                f"{error} and there is no stale value to serve: raise factory_hard_timeout, or "
+                "enable is_fail_safe_enabled so the last good value can be used"
+            )
         raise error
 
     def _store(self, key: str, value: Any, opts: EntryOptions) -> _Gen[None]:
@@ -718,17 +725,7 @@ class HybridCache:
         if self._l2 is not None and not opts.skip_distributed_cache:
             dist = self._from_l2(key, (yield _L2Get(key)), value_type)
             if dist is not None and self._l2_is_fresh(dist, entry, now):
-                if not opts.skip_memory_cache:
-                    self._memory.put(
-                        key,
-                        Entry.create(
-                            dist.value,
-                            dist.timestamp,
-                            now,
-                            opts,
-                            logical_expiration=min(dist.logical_expiration, now + opts.duration),
-                        ),
-                    )
+                self._keep_from_l2(key, dist, now, opts)
                 return MaybeValue(True, dist.value)
         return MaybeValue(False)
 
