@@ -303,6 +303,8 @@ class HybridCache:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._recovery = AutoRecoveryQueue(self.options.auto_recovery_max_items, clock)
         self._replay_lock = threading.Lock()
+        self._retry_lock = threading.Lock()
+        self._retry_timer: threading.Timer | None = None
         self._cleared_at = NEVER
         self._closed = False
         if backplane is not None:
@@ -325,6 +327,9 @@ class HybridCache:
         self._closed = True
         if self._backplane is not None:
             self._backplane.unsubscribe()
+        with self._retry_lock:
+            if self._retry_timer is not None:
+                self._retry_timer.cancel()
         self._executor.shutdown(wait=False)
         self._factory_executor.shutdown(wait=False)
 
@@ -900,6 +905,24 @@ class HybridCache:
             exc,
         )
         self._recovery.enqueue(message, options)
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        """Retry the queue after `auto_recovery_delay` (one timer at a time; real time)."""
+        with self._retry_lock:
+            if self._retry_timer is not None or self._closed:
+                return
+            timer = threading.Timer(self.options.auto_recovery_delay, self._retry_due)
+            timer.daemon = True
+            self._retry_timer = timer
+        timer.start()
+
+    def _retry_due(self) -> None:
+        with self._retry_lock:
+            self._retry_timer = None
+        self.process_auto_recovery()
+        if len(self._recovery):
+            self._schedule_retry()
 
     def _publish_succeeded(self) -> None:
         if len(self._recovery) and not self._replay_lock.locked():
@@ -919,7 +942,8 @@ class HybridCache:
 
     def process_auto_recovery(self) -> int:
         """Publish what the auto-recovery queue holds; returns how many went out. Runs by
-        itself when the backplane reports it is connected again, or after a publish succeeds."""
+        itself when the backplane reports it is connected again, after a publish succeeds, and
+        every `auto_recovery_delay` while the queue is not empty."""
         backplane = self._backplane
         if backplane is None or not self._replay_lock.acquire(blocking=False):
             return 0
