@@ -897,6 +897,15 @@ class HybridCache:
     def _publish_failed(
         self, message: BackplaneMessage, options: EntryOptions, exc: Exception
     ) -> None:
+        if isinstance(exc, TypeError | ValueError):  # the message itself is bad: retry won't help
+            logger.error(
+                "backplane refused %s for %r (%s: %s); not queued",
+                message.action.name,
+                message.cache_key,
+                type(exc).__name__,
+                exc,
+            )
+            return
         logger.warning(
             "backplane publish of %s for %r failed (%s: %s); queued for auto-recovery",
             message.action.name,

@@ -221,3 +221,9 @@ def test_three_instances_with_redis_and_the_broker(
     hub.drain()
     assert a.cache.try_get("product:9").has_value is False
     assert redis_l2.get("product:9") is None
+
+
+def test_a_message_the_broker_refuses_is_not_queued(spawn: Callable[..., Instance]) -> None:
+    a = spawn(with_l2=False)
+    a.cache.set("k" * 300_000, 1)  # the envelope would exceed max_message_bytes
+    assert a.cache.auto_recovery_pending == []
