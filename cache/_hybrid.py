@@ -20,6 +20,7 @@ import inspect
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Generic, TypeVar, cast
 
@@ -209,11 +210,27 @@ _Gen = Generator[_Step, Any, T]
 class _Flight:
     """One in-progress load of a key, shared by every caller of that key."""
 
-    __slots__ = ("future", "loop")
+    __slots__ = ("future", "loop", "waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        """The outcome, for followers on any thread or loop."""
         self.loop = loop
+        """The async leader's loop (None for a sync leader)."""
+        self.waiter: asyncio.Future[None] | None = None
+        """A cheap wake-up for followers on the leader's own loop (made by the first of them)."""
+
+    async def wait(self, loop: asyncio.AbstractEventLoop) -> Any:
+        """The leader's value (or error) for an async follower on `loop`."""
+        if not self.future.done():
+            if self.loop is loop:
+                if self.waiter is None:
+                    self.waiter = loop.create_future()
+                # shield: a cancelled follower must not cancel the shared flight
+                await asyncio.shield(self.waiter)
+            else:
+                await asyncio.shield(asyncio.wrap_future(self.future))
+        return self.future.result()
 
 
 class _Retry:
@@ -259,7 +276,8 @@ class HybridCache:
         clock: Clock = time.time,
     ) -> None:
         self.options = options if options is not None else CacheOptions()
-        self.instance_id = self.options.instance_id
+        self.instance_id: str = self.options.instance_id or uuid.uuid4().hex
+        """This cache's id: the `source_id` of its backplane messages."""
         self._clock = clock
         self._memory = MemoryCache(self.options.max_entries)
         self._l1 = self._memory.entries
@@ -285,6 +303,8 @@ class HybridCache:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._recovery = AutoRecoveryQueue(self.options.auto_recovery_max_items, clock)
         self._replay_lock = threading.Lock()
+        self._retry_lock = threading.Lock()
+        self._retry_timer: threading.Timer | None = None
         self._cleared_at = NEVER
         self._closed = False
         if backplane is not None:
@@ -307,6 +327,9 @@ class HybridCache:
         self._closed = True
         if self._backplane is not None:
             self._backplane.unsubscribe()
+        with self._retry_lock:
+            if self._retry_timer is not None:
+                self._retry_timer.cancel()
         self._executor.shutdown(wait=False)
         self._factory_executor.shutdown(wait=False)
 
@@ -450,8 +473,7 @@ class HybridCache:
                 return await self._lead_async(
                     key, flight, self._load(key, factory, opts, value_type)
                 )
-            # shield: a cancelled follower must not cancel the shared flight
-            value = await asyncio.shield(asyncio.wrap_future(flight.future))
+            value = await flight.wait(loop)
             if value is not _RETRY:
                 return value
 
@@ -480,6 +502,8 @@ class HybridCache:
             flight.future.set_exception(error)
         else:
             flight.future.set_result(_RETRY)
+        if flight.waiter is not None:  # async leader: we are on its loop
+            flight.waiter.set_result(None)
 
     def _lead_sync(self, key: str, flight: _Flight, gen: _Gen[Any]) -> Any:
         try:
@@ -581,6 +605,15 @@ class HybridCache:
             return None
         return decode_entry(self._serializer, data, value_type, key)
 
+    def _keep_from_l2(
+        self, key: str, dist: DistributedEntry, now: float, opts: EntryOptions
+    ) -> None:
+        """Put a fresh L2 value into L1 (fresh no longer than `duration` from now)."""
+        if not opts.skip_memory_cache:
+            logical = min(dist.logical_expiration, now + opts.duration)
+            entry = Entry.create(dist.value, dist.timestamp, now, opts, logical_expiration=logical)
+            self._memory.put(key, entry)
+
     def _l2_is_fresh(self, dist: DistributedEntry, local: Entry | None, now: float) -> bool:
         """An L2 value is served as fresh when it is not expired, not older than the local copy,
         and not older than an invalidation (a message, a clear) this cache has seen."""
@@ -611,15 +644,7 @@ class HybridCache:
                 if self._l2_is_fresh(dist, entry, now) and not (
                     eager and entry is not None and dist.timestamp <= entry.timestamp
                 ):
-                    fresh = Entry.create(
-                        dist.value,
-                        dist.timestamp,
-                        now,
-                        opts,
-                        logical_expiration=min(dist.logical_expiration, now + opts.duration),
-                    )
-                    if not opts.skip_memory_cache:
-                        self._memory.put(key, fresh)
+                    self._keep_from_l2(key, dist, now, opts)
                     return dist.value
                 if opts.is_fail_safe_enabled and (
                     fallback is None or dist.timestamp > fallback.timestamp
@@ -639,18 +664,19 @@ class HybridCache:
         if outcome.pending is not None:
             if opts.allow_timed_out_factories_background_completion:
                 yield _CompleteInBackground(key, outcome.pending, opts)
-            which = "soft" if timeout == opts.factory_soft_timeout and fallback else "hard"
+            which = (
+                "soft" if fallback is not None and timeout == opts.factory_soft_timeout else "hard"
+            )
             error: BaseException = FactoryTimeoutError(
                 f"the factory for cache key {key!r} did not finish within the {which} timeout "
-                f"({timeout}s) and there is no stale value to serve; raise "
-                "factory_hard_timeout, or enable is_fail_safe_enabled so an old value can be used"
+                f"({timeout}s)"
             )
         else:
             assert outcome.error is not None
             error = outcome.error
         if eager:
             logger.warning("eager refresh of %r failed (%s); keeping the current value", key, error)
-            return None
+            return _RETRY  # anyone who joined meanwhile loads the normal way
         if fallback is not None:
             logger.warning(
                 "fail-safe: serving the stale value of %r for %.3gs (%s: %s)",
@@ -662,6 +688,11 @@ class HybridCache:
             if not opts.skip_memory_cache:
                 self._memory.put(key, fallback.throttled(self._clock(), opts))
             return fallback.value
+        if isinstance(error, FactoryTimeoutError):
+            raise FactoryTimeoutError(
+                f"{error} and there is no stale value to serve: raise factory_hard_timeout, or "
+                "enable is_fail_safe_enabled so the last good value can be used"
+            )
         raise error
 
     def _store(self, key: str, value: Any, opts: EntryOptions) -> _Gen[None]:
@@ -699,17 +730,7 @@ class HybridCache:
         if self._l2 is not None and not opts.skip_distributed_cache:
             dist = self._from_l2(key, (yield _L2Get(key)), value_type)
             if dist is not None and self._l2_is_fresh(dist, entry, now):
-                if not opts.skip_memory_cache:
-                    self._memory.put(
-                        key,
-                        Entry.create(
-                            dist.value,
-                            dist.timestamp,
-                            now,
-                            opts,
-                            logical_expiration=min(dist.logical_expiration, now + opts.duration),
-                        ),
-                    )
+                self._keep_from_l2(key, dist, now, opts)
                 return MaybeValue(True, dist.value)
         return MaybeValue(False)
 
@@ -876,6 +897,15 @@ class HybridCache:
     def _publish_failed(
         self, message: BackplaneMessage, options: EntryOptions, exc: Exception
     ) -> None:
+        if isinstance(exc, TypeError | ValueError):  # the message itself is bad: retry won't help
+            logger.error(
+                "backplane refused %s for %r (%s: %s); not queued",
+                message.action.name,
+                message.cache_key,
+                type(exc).__name__,
+                exc,
+            )
+            return
         logger.warning(
             "backplane publish of %s for %r failed (%s: %s); queued for auto-recovery",
             message.action.name,
@@ -884,6 +914,24 @@ class HybridCache:
             exc,
         )
         self._recovery.enqueue(message, options)
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        """Retry the queue after `auto_recovery_delay` (one timer at a time; real time)."""
+        with self._retry_lock:
+            if self._retry_timer is not None or self._closed:
+                return
+            timer = threading.Timer(self.options.auto_recovery_delay, self._retry_due)
+            timer.daemon = True
+            self._retry_timer = timer
+        timer.start()
+
+    def _retry_due(self) -> None:
+        with self._retry_lock:
+            self._retry_timer = None
+        self.process_auto_recovery()
+        if len(self._recovery):
+            self._schedule_retry()
 
     def _publish_succeeded(self) -> None:
         if len(self._recovery) and not self._replay_lock.locked():
@@ -903,7 +951,8 @@ class HybridCache:
 
     def process_auto_recovery(self) -> int:
         """Publish what the auto-recovery queue holds; returns how many went out. Runs by
-        itself when the backplane reports it is connected again, or after a publish succeeds."""
+        itself when the backplane reports it is connected again, after a publish succeeds, and
+        every `auto_recovery_delay` while the queue is not empty."""
         backplane = self._backplane
         if backplane is None or not self._replay_lock.acquire(blocking=False):
             return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -98,10 +97,6 @@ class EntryOptions:
         return attrs.evolve(self, **changes)
 
 
-def _new_instance_id() -> str:
-    return uuid.uuid4().hex
-
-
 @attrs.frozen
 class CacheOptions:
     """Options of one `HybridCache`."""
@@ -119,8 +114,11 @@ class CacheOptions:
     """After an L2 error, skip L2 this long, then probe it again (0 disables the breaker)."""
     auto_recovery_max_items: int = attrs.field(default=1000)
     """Bound of the queue of backplane messages that could not be published."""
-    instance_id: str = attrs.field(factory=_new_instance_id)
-    """Unique per cache object; messages from this id are ignored."""
+    auto_recovery_delay: float = attrs.field(default=5.0, converter=_seconds, validator=_positive)
+    """While the queue holds messages, retry them this often (besides on reconnect)."""
+    instance_id: str | None = None
+    """The cache's id in backplane messages (messages from it are ignored). `None`: a new
+    UUID per `HybridCache`, so caches built from one options object stay distinct."""
     background_workers: int = attrs.field(default=4)
     """Threads for timed-out factories, eager refresh and auto-recovery replay (sync side)."""
 
@@ -134,7 +132,8 @@ class CacheOptions:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CacheOptions:
         """Options from `CACHE_NAME`, `CACHE_MAX_ENTRIES`, `CACHE_DEFAULT_DURATION`,
-        `CACHE_FAIL_SAFE` (1/0), `CACHE_CIRCUIT_BREAKER_DURATION`; `overrides` win."""
+        `CACHE_FAIL_SAFE` (1/0), `CACHE_CIRCUIT_BREAKER_DURATION`, `CACHE_AUTO_RECOVERY_DELAY`;
+        `overrides` win."""
         env = os.environ if environ is None else environ
         kwargs: dict[str, Any] = {}
         entry: dict[str, Any] = {}
@@ -143,6 +142,8 @@ class CacheOptions:
                 kwargs["name"] = env["CACHE_NAME"]
             if "CACHE_MAX_ENTRIES" in env:
                 kwargs["max_entries"] = int(env["CACHE_MAX_ENTRIES"])
+            if "CACHE_AUTO_RECOVERY_DELAY" in env:
+                kwargs["auto_recovery_delay"] = float(env["CACHE_AUTO_RECOVERY_DELAY"])
             if "CACHE_CIRCUIT_BREAKER_DURATION" in env:
                 kwargs["distributed_cache_circuit_breaker_duration"] = float(
                     env["CACHE_CIRCUIT_BREAKER_DURATION"]

@@ -2,11 +2,17 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 
 from cache import CacheOptions, EntryOptions, HybridCache
+from cache.redis import RedisDistributedCache
+
+RUN_PREFIX = f"test-cache:{uuid.uuid4().hex}:"
+"""Every Redis key of this test run starts with this."""
 
 
 class FakeClock:
@@ -97,3 +103,20 @@ def run_threads(count: int, target: Callable[[], None]) -> list[threading.Thread
     for thread in threads:
         thread.start()
     return threads
+
+
+@pytest.fixture
+def redis_l2() -> Iterator[RedisDistributedCache]:
+    """The shared Redis on 127.0.0.1:6379 under this run's key prefix (cleaned up after)."""
+    client = RedisDistributedCache("redis://127.0.0.1:6379/0", key_prefix=RUN_PREFIX)
+    try:
+        client._sync.ping()
+    except redis.RedisError as exc:
+        pytest.fail(
+            f"Redis must run on 127.0.0.1:6379 for these tests (bash scripts/services.sh): {exc}"
+        )
+    yield client
+    keys = client._sync.keys(RUN_PREFIX + "*")
+    if keys:
+        client._sync.delete(*keys)
+    client.close()

@@ -10,6 +10,7 @@ from cache import (
     AutoRecoveryQueue,
     BackplaneMessage,
     BackplaneMessageAction,
+    CacheOptions,
     EntryOptions,
     HybridCache,
     MemoryBackplane,
@@ -199,3 +200,21 @@ def test_manual_path_job_publishes_expire(
     assert web.get_or_set("stock", failing()) == 5  # fail-safe: the old value
     clock.advance(OPTIONS.fail_safe_throttle_duration + 1)
     assert web.get_or_set("stock", Counter(7)) == 7
+
+
+def test_auto_recovery_retries_on_its_own_without_a_reconnect_signal(
+    make_cache: MakeCache, hub: MemoryBackplaneHub
+) -> None:
+    options = CacheOptions(name="test", auto_recovery_delay=0.01)
+    a = HybridCache(options, backplane=MemoryBackplane(hub))
+    b = make_cache(OPTIONS, backplane=MemoryBackplane(hub))
+    try:
+        b.set("k", "v1")
+        hub.connected = False
+        a.set("k", "v2")
+        assert a.auto_recovery_pending == ["k"]
+        hub._connected = True  # back, but nobody says so: the periodic retry notices
+        wait_until(lambda: not a.auto_recovery_pending)
+        assert b.try_get("k").has_value is False
+    finally:
+        a.close()

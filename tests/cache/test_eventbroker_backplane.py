@@ -10,11 +10,13 @@ from cache import (
     BackplaneMessage,
     BackplaneMessageAction,
     CacheOptions,
+    DistributedCache,
     EntryOptions,
     HybridCache,
     MemoryDistributedCache,
 )
 from cache.eventbroker_backplane import EVENT_ID, EventBrokerBackplane
+from cache.redis import RedisDistributedCache
 from eventbroker import (
     EventBroker,
     EventBrokerOptions,
@@ -33,7 +35,7 @@ OPTIONS = EntryOptions(duration=60, is_fail_safe_enabled=True)
 class Instance:
     """One app instance: broker, registry, backplane, cache."""
 
-    def __init__(self, hub: InMemoryHub, l2: MemoryDistributedCache | None) -> None:
+    def __init__(self, hub: InMemoryHub, l2: DistributedCache | None) -> None:
         self.broker = EventBroker(
             InMemoryTransport(hub),
             EventBrokerOptions(secret="s", application_name="shop", missed_event_timeout=0.05),
@@ -62,8 +64,8 @@ def spawn(hub: InMemoryHub) -> Iterator[Callable[..., Instance]]:
     made: list[Instance] = []
     l2 = MemoryDistributedCache()
 
-    def make(with_l2: bool = True) -> Instance:
-        made.append(Instance(hub, l2 if with_l2 else None))
+    def make(with_l2: bool = True, distributed: DistributedCache | None = None) -> Instance:
+        made.append(Instance(hub, distributed or (l2 if with_l2 else None)))
         return made[-1]
 
     yield make
@@ -203,3 +205,25 @@ def test_other_events_and_other_cache_names_are_ignored(
         hub.drain()
     assert b.cache.get("k") == "v"
     assert len(b.received) == 2  # both arrived, neither applied
+
+
+def test_three_instances_with_redis_and_the_broker(
+    spawn: Callable[..., Instance], hub: InMemoryHub, redis_l2: RedisDistributedCache
+) -> None:
+    a, b, c = (spawn(distributed=redis_l2) for _ in range(3))
+    assert a.cache.get_or_set("product:9", Counter({"price": 1})) == {"price": 1}
+    assert b.cache.get_or_set("product:9", failing()) == {"price": 1}  # from Redis
+    a.cache.set("product:9", {"price": 2})
+    hub.drain()
+    assert b.cache.get("product:9") == {"price": 2}
+    assert c.cache.get_or_set("product:9", failing()) == {"price": 2}
+    c.cache.remove("product:9")
+    hub.drain()
+    assert a.cache.try_get("product:9").has_value is False
+    assert redis_l2.get("product:9") is None
+
+
+def test_a_message_the_broker_refuses_is_not_queued(spawn: Callable[..., Instance]) -> None:
+    a = spawn(with_l2=False)
+    a.cache.set("k" * 300_000, 1)  # the envelope would exceed max_message_bytes
+    assert a.cache.auto_recovery_pending == []

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 
-from cache import CacheOptions, EntryOptions
+from cache import CacheOptions, EntryOptions, HybridCache
 
 
 def test_durations_accept_seconds_and_timedelta() -> None:
@@ -64,5 +64,9 @@ def test_cache_options_from_env() -> None:
         CacheOptions.from_env({"CACHE_MAX_ENTRIES": "many"})
 
 
-def test_instance_ids_are_unique() -> None:
-    assert CacheOptions().instance_id != CacheOptions().instance_id
+def test_instance_ids_are_unique_per_cache() -> None:
+    options = CacheOptions()
+    with HybridCache(options) as first, HybridCache(options) as second:
+        assert first.instance_id != second.instance_id
+    with HybridCache(CacheOptions(instance_id="web-1")) as named:
+        assert named.instance_id == "web-1"

@@ -7,7 +7,6 @@ import shutil
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -16,26 +15,14 @@ import redis
 from cache import EntryOptions, HybridCache
 from cache.redis import RedisDistributedCache
 
-from .conftest import Counter, FakeClock
+from .conftest import RUN_PREFIX, Counter, FakeClock
 
 MakeCache = Callable[..., HybridCache]
-RUN_PREFIX = f"test-cache:{uuid.uuid4().hex}:"
 
 
 @pytest.fixture
-def l2() -> Iterator[RedisDistributedCache]:
-    client = RedisDistributedCache("redis://127.0.0.1:6379/0", key_prefix=RUN_PREFIX)
-    try:
-        client._sync.ping()
-    except redis.RedisError as exc:
-        pytest.fail(
-            f"Redis must run on 127.0.0.1:6379 for these tests (bash scripts/services.sh): {exc}"
-        )
-    yield client
-    keys = client._sync.keys(RUN_PREFIX + "*")
-    if keys:
-        client._sync.delete(*keys)
-    client.close()
+def l2(redis_l2: RedisDistributedCache) -> RedisDistributedCache:
+    return redis_l2
 
 
 def free_port() -> int:

@@ -408,3 +408,42 @@ async def test_cancelled_async_leader_lets_a_follower_lead(make_cache: MakeCache
     await asyncio.sleep(0)
     leader.cancel()
     assert await follower == "follower"
+
+
+def test_failed_eager_refresh_keeps_the_value(make_cache: MakeCache, clock: FakeClock) -> None:
+    cache = make_cache(EntryOptions(duration=10, eager_refresh_threshold=0.5))
+    cache.get_or_set("k", Counter("v1"))
+    clock.advance(6)
+    gate = Gate(error=RuntimeError("db down"))
+    assert cache.get_or_set("k", gate) == "v1"
+    wait_until(lambda: gate.calls == 1)
+    clock.advance(4.1)  # expired while the refresh still runs: this caller may follow it...
+    results: list[object] = []
+    (follower,) = run_threads(1, lambda: results.append(cache.get_or_set("k", Counter("v2"))))
+    gate.release()
+    follower.join()
+    assert results == ["v2"]  # ...and then loads by itself once the refresh fails
+
+
+async def test_sync_threads_follow_an_async_leader(make_cache: MakeCache) -> None:
+    cache = make_cache()
+    started, release = asyncio.Event(), asyncio.Event()
+    calls = []
+
+    async def load() -> str:
+        calls.append(1)
+        started.set()
+        await release.wait()
+        return "from-async"
+
+    leader = asyncio.ensure_future(cache.get_or_set_async("k", load))
+    await started.wait()
+    results: list[object] = []
+    threads = run_threads(8, lambda: results.append(cache.get_or_set("k", Counter("sync"))))
+    await asyncio.sleep(0.01)  # let the threads reach the flight (they wait on it either way)
+    release.set()
+    assert await leader == "from-async"
+    for thread in threads:
+        await asyncio.to_thread(thread.join)
+    assert results == ["from-async"] * 8
+    assert calls == [1]
