@@ -32,8 +32,21 @@ def main(argv: list[str] | None = None) -> int:
         help="demo only. memory: one process, in-memory hub (default); "
         "servicebus: separate OS processes over Service Bus",
     )
-    parser.add_argument("--connection-string", help="Service Bus connection string")
+    parser.add_argument(
+        "--connection-string",
+        help="Service Bus connection string (servicebus demo: default the loopback broker)",
+    )
     parser.add_argument("--port", type=int, default=8100, help="feed role: port (default 8100)")
+    parser.add_argument("--host", default="0.0.0.0", help="web role: listen address (0.0.0.0)")
+    parser.add_argument(
+        "--manual", action="store_true", help="job role: run only on request, not on a schedule"
+    )
+    parser.add_argument(
+        "--report", action="store_true", help="web/job roles: JSON lines on stdout (demo use)"
+    )
+    parser.add_argument(
+        "--chunk-pause", type=float, default=0.0, help="job role: seconds between upsert chunks"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log library messages")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -51,9 +64,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.role == "feed":
             run_feed(args.port)
             return 0
-        if args.role in ("web", "job"):
+        if args.role == "web":
             transport = servicebus_transport(args.connection_string)
-            (run_web if args.role == "web" else run_job)(settings, transport)
+            run_web(settings, transport, host=args.host, reporting=args.report)
+            return 0
+        if args.role == "job":
+            transport = servicebus_transport(args.connection_string)
+            run_job(
+                settings,
+                transport,
+                scheduled=not args.manual,
+                reporting=args.report,
+                chunk_pause=args.chunk_pause,
+            )
             return 0
         if args.transport == "servicebus":
             from ._multiprocess import run_servicebus_demo

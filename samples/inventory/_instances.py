@@ -6,6 +6,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -41,6 +42,43 @@ class Received:
     source_instance_id: str
 
 
+class ReceivedLog:
+    """The backplane messages a web instance received, waitable by key and source."""
+
+    def __init__(self) -> None:
+        self._items: list[Received] = []
+        self._cond = threading.Condition()
+
+    def add(self, received: Received) -> None:
+        with self._cond:
+            self._items.append(received)
+            self._cond.notify_all()
+
+    def received_from(self, source_instance_id: str) -> list[Received]:
+        with self._cond:
+            return [r for r in self._items if r.source_instance_id == source_instance_id]
+
+    def wait_received(
+        self, key: str, source_instance_id: str, timeout: float = 10.0
+    ) -> Received | None:
+        """The first message for `key` from that instance (waiting up to `timeout`)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = next(
+                    (
+                        r
+                        for r in self._items
+                        if r.key == key and r.source_instance_id == source_instance_id
+                    ),
+                    None,
+                )
+                left = deadline - time.monotonic()
+                if found is not None or left <= 0:
+                    return found
+                self._cond.wait(left)
+
+
 def _backplane_fields(param: Any) -> tuple[str, str]:
     """(cache key, action) of a backplane message param, whatever shape it travels in."""
     if isinstance(param, dict):
@@ -72,12 +110,13 @@ class WebInstance:
         feed_url: str,
         host: str = "127.0.0.1",
         port: int = 0,
+        on_received: Callable[[Received], None] | None = None,
     ) -> None:
         self.name = name
         self.broker = _broker(transport, settings)
         self.registry = EventRegistry(self.broker)
-        self.received: list[Received] = []
-        self._received_cond = threading.Condition()
+        self.received = ReceivedLog()
+        self._on_received_hook = on_received
         self.broker.event_received.subscribe(self._on_received)
         self.broker.start()
         self.cache = HybridCache(
@@ -107,33 +146,18 @@ class WebInstance:
             return
         key, action = _backplane_fields(args.param)
         delay_ms = (time.time() - args.sent_at) * 1000
-        with self._received_cond:
-            self.received.append(Received(key, action, delay_ms, args.source_instance_id))
-            self._received_cond.notify_all()
+        received = Received(key, action, delay_ms, args.source_instance_id)
+        self.received.add(received)
+        if self._on_received_hook is not None:
+            self._on_received_hook(received)
 
     def received_from(self, source_instance_id: str) -> list[Received]:
-        with self._received_cond:
-            return [r for r in self.received if r.source_instance_id == source_instance_id]
+        return self.received.received_from(source_instance_id)
 
     def wait_received(
         self, key: str, source_instance_id: str, timeout: float = 10.0
     ) -> Received | None:
-        """The first backplane message for `key` from that instance (waiting up to `timeout`)."""
-        deadline = time.monotonic() + timeout
-        with self._received_cond:
-            while True:
-                found = next(
-                    (
-                        r
-                        for r in self.received
-                        if r.key == key and r.source_instance_id == source_instance_id
-                    ),
-                    None,
-                )
-                left = deadline - time.monotonic()
-                if found is not None or left <= 0:
-                    return found
-                self._received_cond.wait(left)
+        return self.received.wait_received(key, source_instance_id, timeout)
 
     def start(self) -> WebInstance:
         self._thread.start()

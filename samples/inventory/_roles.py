@@ -8,10 +8,13 @@ instances talk through Azure Service Bus (`eventbroker.servicebus`), configured 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import signal
 import threading
 from typing import Any
+
+import attrs
 
 from eventbroker import Transport
 
@@ -53,7 +56,18 @@ def _require(settings: InventorySettings) -> tuple[str, str]:
     return settings.feed_url, settings.database_url or "inventory.sqlite3"
 
 
-def run_web(settings: InventorySettings, transport: Transport, *, host: str = "0.0.0.0") -> None:
+def report(event: str, **fields: object) -> None:
+    """One JSON line on stdout for a parent process (the multi-process demo)."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def run_web(
+    settings: InventorySettings,
+    transport: Transport,
+    *,
+    host: str = "0.0.0.0",
+    reporting: bool = False,
+) -> None:
     """Serve the web app on ``host:PORT`` until SIGTERM/SIGINT."""
     feed_url, database = _require(settings)
     web = WebInstance(
@@ -64,13 +78,24 @@ def run_web(settings: InventorySettings, transport: Transport, *, host: str = "0
         feed_url=feed_url,
         host=host,
         port=settings.port,
+        on_received=(lambda r: report("received", **attrs.asdict(r))) if reporting else None,
     )
     log.info("web instance %s on %s", web.name, web.url)
+    if reporting:
+        report("ready", name=web.name, url=web.url, instance_id=web.broker.instance_id)
     web.serve_forever()
 
 
-def run_job(settings: InventorySettings, transport: Transport) -> None:
-    """Run the import every ``INVENTORY_IMPORT_INTERVAL`` seconds until SIGTERM/SIGINT."""
+def run_job(
+    settings: InventorySettings,
+    transport: Transport,
+    *,
+    scheduled: bool = True,
+    reporting: bool = False,
+    chunk_pause: float = 0.0,
+) -> None:
+    """Run the import every ``INVENTORY_IMPORT_INTERVAL`` seconds (and on request through the
+    job store) until SIGTERM/SIGINT."""
     feed_url, database = _require(settings)
     job = JobInstance(
         settings.instance_name,
@@ -79,11 +104,16 @@ def run_job(settings: InventorySettings, transport: Transport) -> None:
         db=InventoryDb(database),
         feed_url=feed_url,
         jobs_store=settings.jobs_store,
-        scheduled=True,
+        scheduled=scheduled,
+        chunk_pause=chunk_pause,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if reporting:
+        job.scheduler.on_progress(lambda p: report("progress", done=p.done, total=p.total))
+        job.scheduler.on_finished(lambda run: report("finished", run_id=run.run_id))
+        report("ready", name=job.name, instance_id=job.broker.instance_id)
     job.scheduler.start()
     try:
         stop.wait()
