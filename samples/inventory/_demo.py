@@ -22,7 +22,7 @@ from jobs import JobOutcome, JobProgress, JobRun
 
 from ._db import InventoryDb
 from ._feed import PRODUCTS, InventoryFeed, stock_level
-from ._instances import JobInstance, Received, WebInstance
+from ._instances import JobInstance, ReceivedLog, WebInstance
 from ._keys import product_key
 from ._settings import InventorySettings
 
@@ -132,12 +132,8 @@ class WebHandle(Protocol):
 
     name: str
     url: str
-
-    def wait_received(
-        self, key: str, source_instance_id: str, timeout: float = 10.0
-    ) -> Received | None: ...
-
-    def received_from(self, source_instance_id: str) -> list[Received]: ...
+    received: ReceivedLog
+    """The backplane messages it received."""
 
 
 class JobHandle(Protocol):
@@ -272,14 +268,21 @@ def _steps(
 
     t.step("3. Each web instance receives the invalidation")
     key = product_key(DEMO_SKU)
+    expected = 1 + sum(1 for i in range(len(PRODUCTS)) if stock_level(i, 1) != stock_level(i, 2))
     for web in webs:
-        got = web.wait_received(key, job.instance_id)
+        got = web.received.wait_received(key, job.instance_id)
+        everything = web.received.wait_count(job.instance_id, expected)
         if got is not None:
+            slowest = max(r.delay_ms for r in everything)
             t.say(
                 f"  {web.name} got {got.action} {got.key} from {job.name} {got.delay_ms:.1f} ms "
-                f"after it was sent ({len(web.received_from(job.instance_id))} keys in all)"
+                f"after it was sent; all {len(everything)} keys within {slowest:.1f} ms"
             )
         t.check(got is not None, f"{web.name} received the invalidation of {key}")
+        t.check(
+            len(everything) == expected,
+            f"{web.name} received all {expected} keys (changed products + the list)",
+        )
 
     t.step("4. Read again: new stock on both instances")
     read_everywhere(t, client, webs, new, fresh=True, says="serves the new stock {stock} (fresh)")

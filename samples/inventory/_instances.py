@@ -47,7 +47,7 @@ class ReceivedLog:
 
     def __init__(self) -> None:
         self._items: list[Received] = []
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.RLock())
 
     def add(self, received: Received) -> None:
         with self._cond:
@@ -55,28 +55,37 @@ class ReceivedLog:
             self._cond.notify_all()
 
     def received_from(self, source_instance_id: str) -> list[Received]:
-        with self._cond:
+        with self._cond:  # re-entrant use from wait_for is fine: Condition wraps an RLock
             return [r for r in self._items if r.source_instance_id == source_instance_id]
 
     def wait_received(
         self, key: str, source_instance_id: str, timeout: float = 10.0
     ) -> Received | None:
         """The first message for `key` from that instance (waiting up to `timeout`)."""
-        deadline = time.monotonic() + timeout
+
+        def find() -> Received | None:
+            return next(
+                (
+                    r
+                    for r in self._items
+                    if r.key == key and r.source_instance_id == source_instance_id
+                ),
+                None,
+            )
+
         with self._cond:
-            while True:
-                found = next(
-                    (
-                        r
-                        for r in self._items
-                        if r.key == key and r.source_instance_id == source_instance_id
-                    ),
-                    None,
-                )
-                left = deadline - time.monotonic()
-                if found is not None or left <= 0:
-                    return found
-                self._cond.wait(left)
+            self._cond.wait_for(lambda: find() is not None, timeout)
+            return find()
+
+    def wait_count(
+        self, source_instance_id: str, count: int, timeout: float = 10.0
+    ) -> list[Received]:
+        """The messages from that instance once there are `count` (or what came by `timeout`)."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: len(self.received_from(source_instance_id)) >= count, timeout
+            )
+            return self.received_from(source_instance_id)
 
 
 def _backplane_fields(param: Any) -> tuple[str, str]:
@@ -150,14 +159,6 @@ class WebInstance:
         self.received.add(received)
         if self._on_received_hook is not None:
             self._on_received_hook(received)
-
-    def received_from(self, source_instance_id: str) -> list[Received]:
-        return self.received.received_from(source_instance_id)
-
-    def wait_received(
-        self, key: str, source_instance_id: str, timeout: float = 10.0
-    ) -> Received | None:
-        return self.received.wait_received(key, source_instance_id, timeout)
 
     def start(self) -> WebInstance:
         self._thread.start()

@@ -28,7 +28,7 @@ from ._demo import JobHandle, Timeline, WebHandle, demo_settings, run_story
 from ._feed import InventoryFeed
 from ._import_job import InventoryImportJob
 from ._instances import Received, ReceivedLog
-from ._roles import RoleError, servicebus_transport
+from ._roles import RoleError, servicebus_module
 from ._settings import InventorySettings
 
 _ROOT = Path(__file__).resolve().parent.parent.parent
@@ -110,14 +110,6 @@ class RemoteWeb(Child):
             fields = {k: event[k] for k in ("key", "action", "delay_ms", "source_instance_id")}
             self.received.add(Received(**fields))
 
-    def received_from(self, source_instance_id: str) -> list[Received]:
-        return self.received.received_from(source_instance_id)
-
-    def wait_received(
-        self, key: str, source_instance_id: str, timeout: float = 10.0
-    ) -> Received | None:
-        return self.received.wait_received(key, source_instance_id, timeout)
-
 
 class RemoteJob(Child):
     """The job instance in another process (a `JobHandle`): runs are requested in the store."""
@@ -185,7 +177,7 @@ def run_servicebus_demo(
     settings: InventorySettings, connection_string: str | None, out: TextIO = sys.stdout
 ) -> int:
     """The demo as separate OS processes over Service Bus; 0 only if every check held."""
-    servicebus_transport(connection_string)  # RoleError naming what is missing, before anything
+    servicebus_module()  # RoleError naming what is missing, before anything starts
     t = Timeline(out)
     settings = demo_settings(settings)
     env = dict(os.environ)

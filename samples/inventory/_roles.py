@@ -30,15 +30,20 @@ class RoleError(Exception):
     """A role cannot start; the message says what to set."""
 
 
-def servicebus_transport(connection_string: str | None) -> Transport:
-    """A Service Bus transport from ``EVENTBROKER_SERVICEBUS_*`` (and the connection string)."""
+def servicebus_module() -> Any:
+    """`eventbroker.servicebus`, or a `RoleError` saying it is missing."""
     try:
-        sb: Any = importlib.import_module("eventbroker.servicebus")
+        return importlib.import_module("eventbroker.servicebus")
     except ImportError as exc:
         raise RoleError(
             "the Service Bus transport (eventbroker.servicebus) is not in this checkout yet; "
             "run the embedded demo instead: python -m samples.inventory"
         ) from exc
+
+
+def servicebus_transport(connection_string: str | None) -> Transport:
+    """A Service Bus transport from ``EVENTBROKER_SERVICEBUS_*`` (and the connection string)."""
+    sb = servicebus_module()
     overrides = {"connection_string": connection_string} if connection_string else {}
     try:
         options = sb.ServiceBusOptions.from_env(**overrides)
