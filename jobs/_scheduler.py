@@ -298,7 +298,7 @@ class JobScheduler:
     def run_pending(self, *, wait: bool = True) -> list[JobRun]:
         """Poll once now: renew, reap, start due jobs; with `wait`, return after they finish.
 
-        The background loop calls this without waiting; tests call it with an injected clock.
+        The background loop polls the same way; tests call this with an injected clock.
         Returns the records of the runs this call started (final records when waited for).
         """
         started = self._poll()
