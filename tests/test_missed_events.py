@@ -203,5 +203,5 @@ def test_delayed_delivery_arrives_once_and_out_of_order_within_the_timeout_is_no
 def test_fault_probabilities_are_validated() -> None:
     with pytest.raises(ValueError, match=r"HubFaults.drop is a probability in \[0, 1\], got 1.5"):
         HubFaults(drop=1.5)
-    with pytest.raises(ValueError, match="HubFaults.delay"):
+    with pytest.raises(ValueError, match=r"HubFaults\.delay must be >= 0"):
         HubFaults(delay=-1)
