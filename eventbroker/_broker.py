@@ -264,9 +264,9 @@ class EventBroker:
                 "the EventBroker is not started: call broker.start() (or use it as a context "
                 "manager) before raising broadcast events"
             )
-        message_id = uuid.uuid4().hex
         with self._send_lock:
             sequence = self._sequence + 1
+            message_id = f"{self.instance_id}:{sequence}"  # unique: the instance id is random
             body = self._codec.encode(
                 Envelope(
                     version=VERSION,
@@ -344,6 +344,20 @@ class EventBroker:
                     ),
                 )
         self._counts["dispatched"] += 1
+        emissions: list[tuple[Signal[Any], Any]] = []
+        if event is not None and len(event.raised):
+            notification = EventNotification(
+                event_id=envelope.event_id,
+                raiser_id=envelope.raiser_id,
+                param=param,
+                source_instance_id=envelope.instance_id,
+                is_local=False,
+                message_id=envelope.message_id,
+                sent_at=envelope.sent_at,
+            )
+            emissions.append((event.raised, notification))
+        if not len(self.event_received):
+            return self._dispatch(loop, emissions)
         received = EventReceivedEventArgs(
             event_id=envelope.event_id,
             raiser_id=envelope.raiser_id,
@@ -355,18 +369,6 @@ class EventBroker:
             sequence=envelope.sequence,
             sent_at=envelope.sent_at,
         )
-        emissions: list[tuple[Signal[Any], Any]] = []
-        if event is not None:
-            notification = EventNotification(
-                event_id=envelope.event_id,
-                raiser_id=envelope.raiser_id,
-                param=param,
-                source_instance_id=envelope.instance_id,
-                is_local=False,
-                message_id=envelope.message_id,
-                sent_at=envelope.sent_at,
-            )
-            emissions.append((event.raised, notification))
         emissions.append((self.event_received, received))
         return self._dispatch(loop, emissions)
 
@@ -379,7 +381,12 @@ class EventBroker:
         self, loop: asyncio.AbstractEventLoop, emissions: list[tuple[Signal[Any], Any]]
     ) -> asyncio.Future[Rejection | None]:
         sync = [(signal, arg) for signal, arg in emissions if signal.has_sync_handlers]
-        work = [coro for signal, arg in emissions for coro in signal.async_work(arg)]
+        work = [
+            coro
+            for signal, arg in emissions
+            if signal.has_async_handlers
+            for coro in signal.async_work(arg)
+        ]
         if not sync and not work:
             return _done(loop, None)
         future: asyncio.Future[Rejection | None] = loop.create_future()

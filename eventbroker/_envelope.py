@@ -4,22 +4,22 @@ Wire format (version 1)::
 
     {"sig":"<64 hex chars>",<the canonical JSON of the envelope, without its opening brace>
 
-The canonical JSON is ``json.dumps(fields, sort_keys=True, separators=(",", ":"),
-ensure_ascii=False, allow_nan=False)`` encoded as UTF-8, and the signature is
-HMAC-SHA256 over exactly those bytes: every field, the param included, with the key id inside
-so keys can rotate. The receiver verifies the bytes as received (no re-encoding), so any
-changed byte fails verification.
+The JSON is compact (no spaces, UTF-8, no NaN), and the signature is HMAC-SHA256 over exactly
+those bytes: every field, the param included, with the key id inside so keys can rotate. The
+receiver verifies the bytes as received (no re-encoding, so no canonical form is needed) and
+any changed byte fails verification.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import hmac
 import json
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -62,12 +62,20 @@ class Envelope:
     key_id: str
 
 
+# Event and raiser ids are few and repeat: parse and print each once.
+uuid_text = functools.lru_cache(maxsize=4096)(str)
+parse_uuid = functools.lru_cache(maxsize=4096)(uuid.UUID)
+
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_decoder = json.JSONDecoder()
+
+
 def _fields_of(envelope: Envelope) -> dict[str, Any]:
     return {
         "version": envelope.version,
         "message_id": envelope.message_id,
-        "event_id": str(envelope.event_id),
-        "raiser_id": str(envelope.raiser_id),
+        "event_id": uuid_text(envelope.event_id),
+        "raiser_id": uuid_text(envelope.raiser_id),
         "instance_id": envelope.instance_id,
         "application_name": envelope.application_name,
         "site_id": envelope.site_id,
@@ -88,39 +96,67 @@ def to_wire_param(param: object) -> object:
     datetime / date, and attrs instances (via cattrs). Anything else is a `TypeError` naming
     the type and where it was found.
     """
-    _check_param(param, "param")
-    return converter.unstructure(param)
+    try:
+        convert = _needs_conversion(param)
+    except _Unsendable as error:
+        where = "param" + "".join(reversed(error.path))
+        raise TypeError(f"{where} {error.problem}") from None
+    return converter.unstructure(param) if convert else param
 
 
-def _check_param(value: object, where: str) -> None:
-    if isinstance(value, _JSON_SCALARS):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise TypeError(f"{where} is {value!r}: only finite floats can be sent as JSON")
-        return
-    if isinstance(value, uuid.UUID | datetime.datetime | datetime.date):
-        return
-    if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            _check_param(item, f"{where}[{index}]")
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(
-                    f"{where} has a key of type {type(key).__name__} ({key!r}): "
+class _Unsendable(Exception):
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        self.path: list[str] = []  # innermost first, built while unwinding
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def _needs_conversion(value: object) -> bool:
+    """Raise `_Unsendable` for what cannot travel; say whether cattrs must convert something."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return False
+    if kind is float:
+        if not math.isfinite(value):  # type: ignore[arg-type]
+            raise _Unsendable(f"is {value!r}: only finite floats can be sent as JSON")
+        return False
+    if kind is dict:
+        for key in value:  # type: ignore[attr-defined]
+            if type(key) is not str:
+                raise _Unsendable(
+                    f"has a key of type {type(key).__name__} ({key!r}): "
                     "dict keys of an event param must be str"
                 )
-            _check_param(item, f"{where}[{key!r}]")
-        return
-    if attrs.has(type(value)):
-        for field in attrs.fields(type(value)):  # type: ignore[arg-type]
-            _check_param(getattr(value, field.name), f"{where}.{field.name}")
-        return
-    raise TypeError(
-        f"{where} has type {type(value).__module__}.{type(value).__qualname__}, which cannot be "
-        "sent: use str, int, float, bool, None, list, dict with str keys, UUID, datetime or an "
-        "attrs class"
+        return _items_need_conversion(value.items(), "[{!r}]")  # type: ignore[attr-defined]
+    if isinstance(value, list | tuple):
+        return _items_need_conversion(enumerate(value), "[{}]") or isinstance(value, tuple)
+    if isinstance(value, uuid.UUID | datetime.datetime | datetime.date):
+        return True
+    if isinstance(value, _JSON_SCALARS):  # subclasses, such as str and int enums
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _Unsendable(f"is {value!r}: only finite floats can be sent as JSON")
+        return True
+    if attrs.has(kind):
+        fields = ((f.name, getattr(value, f.name)) for f in attrs.fields(kind))
+        _items_need_conversion(fields, ".{}")
+        return True
+    raise _Unsendable(
+        f"has type {kind.__module__}.{kind.__qualname__}, which cannot be sent: use str, int, "
+        "float, bool, None, list, dict with str keys, UUID, datetime or an attrs class"
     )
+
+
+def _items_need_conversion(items: Iterable[tuple[object, object]], label: str) -> bool:
+    convert = False
+    for key, item in items:
+        try:
+            convert = _needs_conversion(item) or convert
+        except _Unsendable as error:
+            error.path.append(label.format(key))  # formatted only on the error path
+            raise
+    return convert
 
 
 def _key_id_for(secret: str) -> str:
@@ -163,13 +199,9 @@ class EnvelopeCodec:
 
     def encode(self, envelope: Envelope) -> bytes:
         """The signed wire bytes. `ValueError` naming both sizes when over `max_message_bytes`."""
-        body = json.dumps(
-            _fields_of(envelope),
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-        ).encode()
+        fields = _fields_of(envelope)
+        fields["key_id"] = self.signing_key_id  # whatever the envelope says, this key signs
+        body = _encoder.encode(fields).encode()
         signature = hmac.new(self._signing_key, body, hashlib.sha256).hexdigest().encode()
         wire = b"".join((_PREFIX, signature, b'",', memoryview(body)[1:]))
         if len(wire) > self.max_message_bytes:
@@ -189,49 +221,66 @@ class EnvelopeCodec:
             raise EnvelopeError("malformed", "not a signed envelope")
         body = b"{" + wire[_BODY_AT:]
         try:
-            fields = json.loads(body)
+            fields = _decoder.decode(body.decode())
         except (ValueError, UnicodeDecodeError) as error:
             raise EnvelopeError("malformed", f"invalid JSON: {error}") from None
-        if not isinstance(fields, dict):
+        if type(fields) is not dict:
             raise EnvelopeError("malformed", "the envelope is not a JSON object")
         version = fields.get("version")
-        if version != VERSION:
+        if version != VERSION or type(version) is not int:
             raise EnvelopeError(
                 "unknown_version", f"envelope version {version!r}, expected {VERSION}"
             )
-        key = self._keys.get(fields.get("key_id"))  # type: ignore[arg-type]
+        key_id = fields.get("key_id")
+        key = self._keys.get(key_id) if type(key_id) is str else None
         if key is None:
-            raise EnvelopeError("unknown_key", f"unknown key id {fields.get('key_id')!r}")
+            raise EnvelopeError("unknown_key", f"unknown key id {key_id!r}")
         expected = hmac.new(key, body, hashlib.sha256).hexdigest().encode()
         if not hmac.compare_digest(expected, wire[len(_PREFIX) : len(_PREFIX) + _SIG_LEN]):
             raise EnvelopeError("bad_signature", "the signature does not match the envelope")
         try:
+            message_id = fields["message_id"]
+            event_id = fields["event_id"]
+            raiser_id = fields["raiser_id"]
+            instance_id = fields["instance_id"]
+            application_name = fields["application_name"]
+            site_id = fields["site_id"]
+            sequence = fields["sequence"]
+            sent_at = fields["sent_at"]
+            param = fields["param"]
+        except KeyError as error:
+            raise EnvelopeError("malformed", f"the envelope has no field {error}") from None
+        if not (
+            type(message_id) is str
+            and type(event_id) is str
+            and type(raiser_id) is str
+            and type(instance_id) is str
+            and type(application_name) is str
+            and (site_id is None or type(site_id) is str)
+            and type(sequence) is int
+            and type(sent_at) in (float, int)
+        ):
+            raise EnvelopeError("malformed", "an envelope field has the wrong type")
+        try:
             envelope = Envelope(
-                version=VERSION,
-                message_id=_typed(fields, "message_id", str),
-                event_id=uuid.UUID(_typed(fields, "event_id", str)),
-                raiser_id=uuid.UUID(_typed(fields, "raiser_id", str)),
-                instance_id=_typed(fields, "instance_id", str),
-                application_name=_typed(fields, "application_name", str),
-                site_id=_typed(fields, "site_id", (str, type(None))),
-                sequence=_typed(fields, "sequence", int),
-                sent_at=float(_typed(fields, "sent_at", (int, float))),
-                param=fields["param"],
-                key_id=fields["key_id"],
+                VERSION,
+                message_id,
+                parse_uuid(event_id),
+                parse_uuid(raiser_id),
+                instance_id,
+                application_name,
+                site_id,
+                sequence,
+                float(sent_at),
+                param,
+                str(key_id),
             )
-        except (KeyError, ValueError, TypeError) as error:
+        except ValueError as error:
             raise EnvelopeError("malformed", f"bad envelope field: {error}") from None
         if abs(now - envelope.sent_at) > self.replay_window:
             raise EnvelopeError(
                 "replay_window",
-                f"sent_at {envelope.sent_at:.3f} is {now - envelope.sent_at:+.1f} s from now, outside "
-                f"the replay window of {self.replay_window} s",
+                f"sent_at {envelope.sent_at:.3f} is {now - envelope.sent_at:+.1f} s from now, "
+                f"outside the replay window of {self.replay_window} s",
             )
         return envelope
-
-
-def _typed(fields: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    value = fields[name]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise TypeError(f"{name} is {type(value).__name__}")
-    return value

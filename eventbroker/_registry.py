@@ -78,7 +78,8 @@ class Event:
         half done. Plain handlers run on this thread; async ones on the broker loop.
         """
         notification = self._prepare(raiser_id, param, option)
-        self._broker._run_local(self.raised.emit_sync(notification))
+        if len(self.raised):
+            self._broker._run_local(self.raised.emit_sync(notification))
 
     async def raise_async(
         self,
