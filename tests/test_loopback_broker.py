@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +24,11 @@ from azure.servicebus import (
     ServiceBusSubQueue,
 )
 from azure.servicebus.aio import ServiceBusClient as AsyncServiceBusClient
-from azure.servicebus.exceptions import MessageLockLostError, ServiceBusError
+from azure.servicebus.exceptions import (
+    MessageLockLostError,
+    MessagingEntityNotFoundError,
+    ServiceBusError,
+)
 
 from eventbroker.testing import LoopbackServiceBus, administration_client
 
@@ -231,11 +238,21 @@ def test_renew_lock_and_peek(
 
 def test_unknown_entity_is_not_found(broker: LoopbackServiceBus, client: ServiceBusClient) -> None:
     with (
-        pytest.raises(ServiceBusError) as raised,
+        pytest.raises(MessagingEntityNotFoundError) as raised,
         client.get_subscription_receiver("events", "missing", max_wait_time=1) as receiver,
     ):
         receiver.receive_messages(max_wait_time=1)
     assert "could not be found" in str(raised.value)
+
+
+def test_deleting_a_subscription_detaches_its_receivers(
+    broker: LoopbackServiceBus, client: ServiceBusClient
+) -> None:
+    with client.get_subscription_receiver("events", "s1") as receiver:
+        assert receiver.receive_messages(max_wait_time=0.2) == []
+        broker.delete_subscription("events", "s1")
+        with pytest.raises(MessagingEntityNotFoundError):
+            receiver.receive_messages(max_wait_time=2)
 
 
 def test_queue_and_inject(broker: LoopbackServiceBus, client: ServiceBusClient) -> None:
@@ -383,3 +400,30 @@ def test_stop_closes_the_sockets_and_refusal_reopens() -> None:
     for closed in (port, admin_port):
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", closed), timeout=1)
+
+
+def test_command_line_prints_a_working_connection_string() -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "eventbroker.testing.servicebus_broker",
+            "--port",
+            "0",
+            "--topic",
+            "cli",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = dict(process.stdout.readline().strip().split("=", 1) for _ in range(2))
+        connection_string = lines["SERVICEBUS_CONNECTION_STRING"]
+        assert "UseDevelopmentEmulator=true" in connection_string
+        with administration_client(connection_string, lines["SERVICEBUS_ADMIN_ENDPOINT"]) as admin:
+            assert [t.name for t in admin.list_topics()] == ["cli"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0

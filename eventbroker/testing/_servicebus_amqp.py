@@ -83,6 +83,7 @@ class AmqpBroker(Handler):
         super().__init__()
         self.state = state
         state.on_available = self._pump
+        state.on_deleted = self._detach_consumers
         self.host = host
         self.port = port
         self.container = Container(self)
@@ -281,6 +282,15 @@ class AmqpBroker(Handler):
         entity.consumers.append(link)
         entity.last_activity = self.state.clock()
         conn.consumer_links.append(link)
+
+    def _detach_consumers(self, entity: Entity) -> None:
+        """Detach every receiver of a deleted entity with amqp:not-found, as Service Bus does."""
+        for link in list(entity.consumers):
+            self._drop_consumer(link)
+            link.condition = Condition(
+                _NOT_FOUND, f"The messaging entity '{entity.path}' was deleted."
+            )
+            link.close()
 
     def _drop_consumer(self, link: Any) -> None:
         entity = getattr(link, "entity", None)

@@ -135,7 +135,9 @@ class BrokerState:
         self.topics: dict[str, Topic] = {}  # lower-case name -> topic
         self.queues: dict[str, Entity] = {}  # lower-case name -> queue
         self._lock_heap: list[tuple[float, uuid.UUID, Entity]] = []
+        # hooks for the AMQP layer: messages became available / an entity was deleted
         self.on_available: Callable[[Entity], None] = lambda _entity: None
+        self.on_deleted: Callable[[Entity], None] = lambda _entity: None
 
     # ---- entity management -------------------------------------------------------------
     def _new_entity(self, path: str, properties: EntityProperties) -> Entity:
@@ -186,11 +188,11 @@ class BrokerState:
     def delete_subscription(self, topic: str, name: str) -> None:
         self._mark_deleted(self.topics[topic.lower()].subscriptions.pop(name.lower()))
 
-    @staticmethod
-    def _mark_deleted(entity: Entity) -> None:
-        entity.deleted = True
-        if entity.dead_letter is not None:
-            entity.dead_letter.deleted = True
+    def _mark_deleted(self, entity: Entity) -> None:
+        for gone in (entity, entity.dead_letter):
+            if gone is not None:
+                gone.deleted = True
+                self.on_deleted(gone)
 
     def resolve(self, path: str) -> Entity | Topic | None:
         """Find the entity an AMQP address path names (case-insensitive)."""
