@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import datetime
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -467,16 +468,42 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m eventbroker.testing.servicebus_broker",
         description="Run a loopback Azure Service Bus broker (AMQP + admin HTTP) on 127.0.0.1.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=5672, help="AMQP port (default 5672; 0 = any)")
+    env = os.environ.get
     parser.add_argument(
-        "--admin-port", type=int, default=0, help="admin HTTP port (default 0 = any free port)"
+        "--host",
+        default=env("EVENTBROKER_LOOPBACK_HOST", "127.0.0.1"),
+        help="listen address (default 127.0.0.1; env EVENTBROKER_LOOPBACK_HOST)",
     )
     parser.add_argument(
-        "--topic", action="append", default=[], help="create this topic at start (repeatable)"
+        "--port",
+        type=int,
+        default=int(env("EVENTBROKER_LOOPBACK_PORT", "5672")),
+        help="AMQP port (default 5672, 0 = any free port; env EVENTBROKER_LOOPBACK_PORT)",
     )
-    parser.add_argument("--lock-duration", type=float, default=60.0, help="seconds (default 60)")
-    parser.add_argument("--max-delivery-count", type=int, default=10, help="default 10")
+    parser.add_argument(
+        "--admin-port",
+        type=int,
+        default=int(env("EVENTBROKER_LOOPBACK_ADMIN_PORT", "0")),
+        help="admin HTTP port (default 0 = any free port; env EVENTBROKER_LOOPBACK_ADMIN_PORT)",
+    )
+    parser.add_argument(
+        "--topic",
+        action="append",
+        default=[t for t in env("EVENTBROKER_LOOPBACK_TOPICS", "").split(",") if t],
+        help="create this topic at start (repeatable; env EVENTBROKER_LOOPBACK_TOPICS, comma-separated)",
+    )
+    parser.add_argument(
+        "--lock-duration",
+        type=float,
+        default=float(env("EVENTBROKER_LOOPBACK_LOCK_DURATION", "60")),
+        help="peek-lock duration in seconds (default 60; env EVENTBROKER_LOOPBACK_LOCK_DURATION)",
+    )
+    parser.add_argument(
+        "--max-delivery-count",
+        type=int,
+        default=int(env("EVENTBROKER_LOOPBACK_MAX_DELIVERY_COUNT", "10")),
+        help="deliveries before dead-lettering (default 10; env EVENTBROKER_LOOPBACK_MAX_DELIVERY_COUNT)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG")
     args = parser.parse_args(argv)
     logging.basicConfig(
