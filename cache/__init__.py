@@ -1,1 +1,47 @@
-"""Hybrid cache (L1 memory, L2 distributed, fail-safe) with a backplane, FusionCache-style."""
+"""Hybrid cache (L1 memory, L2 distributed, fail-safe) with a backplane, FusionCache-style.
+
+`cache.redis.RedisDistributedCache` is the Redis L2; `cache.eventbroker_backplane.EventBrokerBackplane`
+carries backplane messages over an `eventbroker.EventBroker`.
+"""
+
+from ._backplane import (
+    AutoRecoveryQueue,
+    Backplane,
+    BackplaneConnectionInfo,
+    BackplaneMessage,
+    BackplaneMessageAction,
+    BackplaneSubscriptionOptions,
+    MemoryBackplane,
+    MemoryBackplaneHub,
+)
+from ._distributed import CircuitBreaker, DistributedCache, MemoryDistributedCache
+from ._errors import BackplaneError, CacheError, DistributedCacheError, FactoryTimeoutError
+from ._hybrid import HybridCache, MaybeValue
+from ._options import CacheOptions, Duration, EntryOptions
+from ._serialization import DistributedEntry, JsonSerializer, Serializer
+
+__all__ = [
+    "AutoRecoveryQueue",
+    "Backplane",
+    "BackplaneConnectionInfo",
+    "BackplaneError",
+    "BackplaneMessage",
+    "BackplaneMessageAction",
+    "BackplaneSubscriptionOptions",
+    "CacheError",
+    "CacheOptions",
+    "CircuitBreaker",
+    "DistributedCache",
+    "DistributedCacheError",
+    "DistributedEntry",
+    "Duration",
+    "EntryOptions",
+    "FactoryTimeoutError",
+    "HybridCache",
+    "JsonSerializer",
+    "MaybeValue",
+    "MemoryBackplane",
+    "MemoryBackplaneHub",
+    "MemoryDistributedCache",
+    "Serializer",
+]

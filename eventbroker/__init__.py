@@ -1,5 +1,28 @@
-"""Broadcast events between the instances of an app (Optimizely-style event registry and broker)."""
+"""Broadcast events between the instances of an app (Optimizely-style event registry and broker).
 
+```python
+hub = InMemoryHub()
+broker = EventBroker(InMemoryTransport(hub), EventBrokerOptions(secret="...", application_name="shop"))
+registry = EventRegistry(broker)
+with broker:
+    event = registry.get(EVENT_ID)
+    event.raised.subscribe(handler)
+    event.raise_(RAISER_ID, {"sku": "A-1"}, EventRaiseOption.RAISE_BROADCAST)
+```
+"""
+
+from ._args import (
+    EventMissedEventArgs,
+    EventNotification,
+    EventRaiseOption,
+    EventReceivedEventArgs,
+    MissedReason,
+)
+from ._broker import BrokerStats, EventBroker
+from ._memory_transport import HubFaults, InMemoryHub, InMemoryTransport
+from ._options import EventBrokerOptions
+from ._registry import Event, EventRegistry
+from ._signal import Signal, Subscription
 from ._transport import (
     ConnectionState,
     PublishError,
@@ -10,9 +33,24 @@ from ._transport import (
 )
 
 __all__ = [
+    "BrokerStats",
     "ConnectionState",
+    "Event",
+    "EventBroker",
+    "EventBrokerOptions",
+    "EventMissedEventArgs",
+    "EventNotification",
+    "EventRaiseOption",
+    "EventReceivedEventArgs",
+    "EventRegistry",
+    "HubFaults",
+    "InMemoryHub",
+    "InMemoryTransport",
+    "MissedReason",
     "PublishError",
     "Rejection",
+    "Signal",
+    "Subscription",
     "Transport",
     "TransportMessage",
     "TransportSink",

@@ -1,0 +1,256 @@
+"""The backplane: protocol, messages, `MemoryBackplane`, and the auto-recovery queue.
+
+The protocol is FusionCache's `IFusionCacheBackplane` as the original design uses it:
+`subscribe(options)`, `unsubscribe()`, `publish(message, options)` and
+`async publish_async(message, options)`; publishing with `options.skip_backplane_notifications`
+does nothing. A backplane that cannot publish raises (any exception): the cache then queues the
+message for auto-recovery and replays it when the backplane calls its connect handler again.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from ._errors import BackplaneError
+from ._options import EntryOptions
+
+logger = logging.getLogger(__name__)
+
+
+class BackplaneMessageAction(enum.Enum):
+    """What happened to an entry on the instance that sent the message."""
+
+    ENTRY_SET = "entry_set"
+    """A new value was set: mark the local copy stale so the next read takes it from L2."""
+    ENTRY_REMOVE = "entry_remove"
+    """The entry was removed: remove the local copy."""
+    ENTRY_EXPIRE = "entry_expire"
+    """The entry is stale: mark the local copy stale, keeping its value for fail-safe."""
+    CLEAR = "clear"
+    """The whole cache was cleared: expire every local entry older than the message."""
+
+
+def _now() -> float:
+    return time.time()
+
+
+@attrs.frozen
+class BackplaneMessage:
+    """One change notification. `source_id` is the sending cache's `instance_id`."""
+
+    cache_key: str = attrs.field(validator=attrs.validators.instance_of(str))
+    action: BackplaneMessageAction = attrs.field(
+        validator=attrs.validators.instance_of(BackplaneMessageAction)
+    )
+    source_id: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+    """Optional with `EventBrokerBackplane`: the broker never echoes a message to its sender."""
+    timestamp: float = attrs.field(factory=_now, converter=float)
+    """When the change happened (seconds since the epoch); older local entries are affected."""
+
+
+@attrs.frozen
+class BackplaneConnectionInfo:
+    """Passed to the connect handler: the backplane is (again) able to publish and receive."""
+
+    is_reconnection: bool
+
+
+@attrs.frozen
+class BackplaneSubscriptionOptions:
+    """What a cache hands its backplane on `subscribe`."""
+
+    cache_name: str
+    cache_instance_id: str
+    incoming_message_handler: Callable[[BackplaneMessage], None]
+    """Called (from any thread) for every message of another instance."""
+    connect_handler: Callable[[BackplaneConnectionInfo], None] | None = None
+    """Called when the backplane is connected again: the cache replays its auto-recovery queue."""
+    messages_lost_handler: Callable[[], None] | None = None
+    """Called when messages may have been lost (a gap, a reconnect): the cache expires every
+    local entry, keeping the values for fail-safe. An extension of the original protocol."""
+
+
+@runtime_checkable
+class Backplane(Protocol):
+    """Carries `BackplaneMessage`s between the caches of several instances."""
+
+    def subscribe(self, options: BackplaneSubscriptionOptions) -> None: ...
+
+    def unsubscribe(self) -> None: ...
+
+    def publish(self, message: BackplaneMessage, options: EntryOptions) -> None: ...
+
+    async def publish_async(self, message: BackplaneMessage, options: EntryOptions) -> None: ...
+
+
+class MemoryBackplaneHub:
+    """Connects `MemoryBackplane`s in one process. `connected = False` makes publishes fail
+    (and drops nothing silently); setting it back to `True` calls every connect handler."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._members: list[MemoryBackplane] = []
+        self._connected = True
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @connected.setter
+    def connected(self, value: bool) -> None:
+        was = self._connected
+        self._connected = value
+        if value and not was:
+            for member in self._snapshot():
+                member._connected_again()
+
+    def _snapshot(self) -> list[MemoryBackplane]:
+        with self._lock:
+            return list(self._members)
+
+    def _join(self, member: MemoryBackplane) -> None:
+        with self._lock:
+            if member not in self._members:
+                self._members.append(member)
+
+    def _leave(self, member: MemoryBackplane) -> None:
+        with self._lock:
+            if member in self._members:
+                self._members.remove(member)
+
+    def _broadcast(self, sender: MemoryBackplane, message: BackplaneMessage) -> None:
+        if not self._connected:
+            raise BackplaneError("memory backplane hub is disconnected")
+        for member in self._snapshot():
+            if member is not sender:
+                member._deliver(message)
+
+
+_default_hub = MemoryBackplaneHub()
+
+
+class MemoryBackplane:
+    """A backplane for caches in one process; delivery is synchronous, on the publisher's thread."""
+
+    def __init__(self, hub: MemoryBackplaneHub | None = None) -> None:
+        self.hub = hub if hub is not None else _default_hub
+        self._options: BackplaneSubscriptionOptions | None = None
+
+    def subscribe(self, options: BackplaneSubscriptionOptions) -> None:
+        self._options = options
+        self.hub._join(self)
+        if options.connect_handler is not None and self.hub.connected:
+            options.connect_handler(BackplaneConnectionInfo(is_reconnection=False))
+
+    def unsubscribe(self) -> None:
+        self.hub._leave(self)
+        self._options = None
+
+    def publish(self, message: BackplaneMessage, options: EntryOptions) -> None:
+        if options.skip_backplane_notifications:
+            return
+        self.hub._broadcast(self, message)
+
+    async def publish_async(self, message: BackplaneMessage, options: EntryOptions) -> None:
+        self.publish(message, options)
+
+    def _deliver(self, message: BackplaneMessage) -> None:
+        options = self._options
+        if options is not None:
+            options.incoming_message_handler(message)
+
+    def _connected_again(self) -> None:
+        options = self._options
+        if options is not None and options.connect_handler is not None:
+            options.connect_handler(BackplaneConnectionInfo(is_reconnection=True))
+
+
+@attrs.frozen
+class PendingMessage:
+    """A queued message and when it stops being worth sending."""
+
+    message: BackplaneMessage
+    options: EntryOptions
+    expires_at: float
+
+
+def _queue_key(message: BackplaneMessage) -> str:
+    return "\0clear" if message.action is BackplaneMessageAction.CLEAR else message.cache_key
+
+
+class AutoRecoveryQueue:
+    """Messages that could not be published: one per key (newest wins), bounded, dropped once
+    the entry would have expired anyway. Thread-safe."""
+
+    def __init__(self, max_items: int, clock: Callable[[], float]) -> None:
+        self._max_items = max_items
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, PendingMessage] = OrderedDict()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._items)
+
+    def enqueue(self, message: BackplaneMessage, options: EntryOptions) -> None:
+        ttl = options.duration
+        key = _queue_key(message)
+        with self._lock:
+            current = self._items.get(key)
+            if current is not None and current.message.timestamp > message.timestamp:
+                return
+            self._put(key, PendingMessage(message, options, self._clock() + ttl))
+
+    def _put(self, key: str, item: PendingMessage) -> None:
+        self._items.pop(key, None)
+        self._items[key] = item
+        while len(self._items) > self._max_items:
+            dropped, _ = self._items.popitem(last=False)
+            logger.warning("auto-recovery queue full: dropped the oldest item (key %r)", dropped)
+
+    def accept_incoming(self, message: BackplaneMessage) -> bool:
+        """Reconcile an incoming message with the queue: a newer incoming message cancels the
+        queued one (True: apply it); an older one is ignored (False: ours will be replayed)."""
+        with self._lock:
+            if message.action is BackplaneMessageAction.CLEAR:
+                for key in [
+                    k for k, p in self._items.items() if p.message.timestamp < message.timestamp
+                ]:
+                    del self._items[key]
+                return True
+            current = self._items.get(message.cache_key)
+            if current is None:
+                return True
+            if message.timestamp > current.message.timestamp:
+                del self._items[message.cache_key]
+                return True
+            return False
+
+    def take(self) -> list[PendingMessage]:
+        """Remove and return every item still worth sending, oldest first."""
+        now = self._clock()
+        with self._lock:
+            items = list(self._items.values())
+            self._items.clear()
+        return [p for p in items if p.expires_at > now]
+
+    def put_back(self, items: list[PendingMessage]) -> None:
+        """Return items a replay could not send (unless a newer one was queued meanwhile)."""
+        with self._lock:
+            for item in items:
+                key = _queue_key(item.message)
+                current = self._items.get(key)
+                if current is None or current.message.timestamp <= item.message.timestamp:
+                    self._put(key, item)

@@ -1,0 +1,19 @@
+"""Errors raised by the hybrid cache."""
+
+from __future__ import annotations
+
+
+class CacheError(Exception):
+    """Base class of every error the cache raises on purpose."""
+
+
+class FactoryTimeoutError(CacheError, TimeoutError):
+    """The factory did not finish within `factory_hard_timeout` and no stale value could be served."""
+
+
+class BackplaneError(CacheError):
+    """A backplane could not publish a message (disconnected, broker down)."""
+
+
+class DistributedCacheError(CacheError):
+    """A distributed cache operation failed (the cache logs it and carries on without L2)."""

@@ -1,0 +1,158 @@
+"""The broker's two threads: its asyncio I/O loop, and the dispatcher for plain handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+logger = logging.getLogger("eventbroker")
+
+T = TypeVar("T")
+
+
+class IoLoop:
+    """An asyncio loop running forever in a daemon thread; sync and async callers hand it work."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> asyncio.AbstractEventLoop:
+        if self.loop is not None:
+            return self.loop
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+            # Cancel what is left so nothing logs "Task was destroyed but it is pending".
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name=self._name, daemon=True)
+        self._thread.start()
+        ready.wait()
+        self.loop = loop
+        return loop
+
+    def in_loop_thread(self) -> bool:
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        if self.loop is None:
+            coro.close()
+            raise RuntimeError(f"{self._name} is not running")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run `coro` on the loop and wait for it from a plain thread."""
+        if self.in_loop_thread():
+            coro.close()
+            raise RuntimeError(
+                "this blocking call was made on the broker's own loop (from an async handler): "
+                "use the *_async method instead"
+            )
+        return self.submit(coro).result(timeout)
+
+    async def run_async(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the loop and await it from any other loop (or this one)."""
+        if self.in_loop_thread():
+            return await coro
+        return await asyncio.wrap_future(self.submit(coro))
+
+    def stop(self) -> None:
+        loop, thread = self.loop, self._thread
+        self.loop = None
+        self._thread = None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            if thread is not threading.current_thread():
+                thread.join(10)
+
+
+class Dispatcher:
+    """Runs plain handlers in order on one thread, then resolves their futures on the loop.
+
+    Work is drained in batches, so a burst costs one wake-up, not one per message.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._queue: queue.SimpleQueue[
+            tuple[Callable[[], None], asyncio.Future[Any] | None, Any] | None
+        ] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    def in_dispatch_thread(self) -> bool:
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    def submit(
+        self,
+        work: Callable[[], None],
+        future: asyncio.Future[Any] | None = None,
+        result: Any = None,
+    ) -> None:
+        """Run `work` on the dispatcher thread; then set `future`'s result to `result`."""
+        self._queue.put((work, future, result))
+
+    def _run(self) -> None:
+        get = self._queue.get
+        get_nowait = self._queue.get_nowait
+        while True:
+            item = get()
+            done: list[tuple[asyncio.Future[Any], Any]] = []
+            while item is not None:
+                work, future, result = item
+                try:
+                    work()
+                except Exception:  # the work guards handlers; this is a last resort
+                    logger.exception("dispatch failed")
+                if future is not None:
+                    done.append((future, result))
+                try:
+                    item = get_nowait()
+                except queue.Empty:
+                    break
+            if done and self._loop is not None and not self._loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    self._loop.call_soon_threadsafe(_resolve, done)
+            if item is None:
+                return
+
+    def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            if thread is not threading.current_thread():
+                thread.join(10)
+
+
+def _resolve(done: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, result in done:
+        if not future.done():
+            future.set_result(result)

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from cache import CacheOptions, EntryOptions, HybridCache
+
+
+def test_durations_accept_seconds_and_timedelta() -> None:
+    options = EntryOptions(duration=timedelta(minutes=2), fail_safe_max_duration=60)
+    assert options.duration == 120.0
+    assert options.fail_safe_max_duration == 60.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"duration": -1}, "duration"),
+        ({"fail_safe_throttle_duration": -0.5}, "fail_safe_throttle_duration"),
+        ({"jitter_max_duration": timedelta(seconds=-1)}, "jitter_max_duration"),
+        ({"factory_hard_timeout": 0}, "factory_hard_timeout"),
+        ({"eager_refresh_threshold": 1.0}, "eager_refresh_threshold"),
+        ({"eager_refresh_threshold": 0}, "eager_refresh_threshold"),
+        ({"factory_soft_timeout": 2, "factory_hard_timeout": 1}, "factory_soft_timeout"),
+    ],
+)
+def test_invalid_options_fail_when_built_naming_the_field(
+    changes: dict[str, object], field: str
+) -> None:
+    with pytest.raises(ValueError, match=field):
+        EntryOptions(**changes)  # type: ignore[arg-type]
+
+
+def test_duration_type_error_names_the_value() -> None:
+    with pytest.raises(TypeError, match="'soon'"):
+        EntryOptions(duration="soon")  # type: ignore[arg-type]
+
+
+def test_duplicate_applies_changes_and_validates() -> None:
+    base = EntryOptions(duration=5, is_fail_safe_enabled=True)
+    copy = base.duplicate(duration=9)
+    assert (copy.duration, copy.is_fail_safe_enabled, base.duration) == (9.0, True, 5.0)
+    with pytest.raises(ValueError, match="eager_refresh_threshold"):
+        base.duplicate(eager_refresh_threshold=2)
+
+
+def test_cache_options_from_env() -> None:
+    options = CacheOptions.from_env(
+        {
+            "CACHE_NAME": "shop",
+            "CACHE_MAX_ENTRIES": "50",
+            "CACHE_DEFAULT_DURATION": "3",
+            "CACHE_FAIL_SAFE": "1",
+        }
+    )
+    assert options.name == "shop"
+    assert options.max_entries == 50
+    assert options.default_entry_options.duration == 3.0
+    assert options.default_entry_options.is_fail_safe_enabled
+    with pytest.raises(ValueError, match="max_entries"):
+        CacheOptions(max_entries=0)
+    with pytest.raises(ValueError, match="environment"):
+        CacheOptions.from_env({"CACHE_MAX_ENTRIES": "many"})
+
+
+def test_instance_ids_are_unique_per_cache() -> None:
+    options = CacheOptions()
+    with HybridCache(options) as first, HybridCache(options) as second:
+        assert first.instance_id != second.instance_id
+    with HybridCache(CacheOptions(instance_id="web-1")) as named:
+        assert named.instance_id == "web-1"
