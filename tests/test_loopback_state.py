@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from eventbroker.testing._servicebus_codec import StoredMessage
-from eventbroker.testing._servicebus_state import BrokerState, Entity
+from eventbroker.testing._servicebus_state import BrokerState, Entity, EntityProperties
 
 LOCK = 10.0
 MAX_DELIVERIES = 3
@@ -100,3 +100,25 @@ class BrokerModel(RuleBasedStateMachine):
 
 BrokerModel.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 TestBrokerModel = BrokerModel.TestCase
+
+
+def test_expired_messages_are_swept_or_dead_lettered() -> None:
+    now = [1_000.0]
+    state = BrokerState(lock_duration=LOCK, max_delivery_count=MAX_DELIVERIES, clock=lambda: now[0])
+    state.create_topic("t")
+    plain = state.create_subscription("t", "plain")
+    keep = state.create_subscription(
+        "t",
+        "keep",
+        EntityProperties(
+            default_message_time_to_live=60, dead_lettering_on_message_expiration=True
+        ),
+    )
+    state.publish(state.topics["t"], [StoredMessage(b"\x00\x53\x75\xa0\x01x", ttl_ms=30_000)])
+    now[0] += 31
+    state.drop_expired(now[0])
+    assert plain.messages == {}
+    assert keep.messages == {}
+    assert keep.dead_letter is not None
+    (dead,) = keep.dead_letter.messages.values()
+    assert b"TTLExpiredException" in dead.message.bare

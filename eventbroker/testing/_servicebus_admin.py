@@ -228,6 +228,12 @@ class _Api:
         if_match: bool,
     ) -> tuple[int, str]:
         parts = [unquote(p) for p in path.strip("/").split("/") if p]
+        if len(parts) >= 4 and parts[1].lower() == "subscriptions" and parts[3].lower() == "rules":
+            raise _HttpError(
+                501,
+                "the loopback broker does not support subscription rules: every subscription "
+                "gets every message of its topic (filter on the receiving side)",
+            )
         if len(parts) == 2 and parts[0] == "$Resources":
             return self._list_entities(state, parts[1].lower(), query)
         if len(parts) == 2 and parts[1].lower() == "subscriptions" and method == "GET":

@@ -190,6 +190,7 @@ class AmqpBroker(Handler):
         self.state.expire_locks(now)
         if abs(now - self._last_idle_check) >= 1.0:
             self._last_idle_check = now
+            self.state.drop_expired(now)
             gone = self.state.expire_idle(now)
             for path in gone:
                 _log.info("deleted idle subscription %s", path)

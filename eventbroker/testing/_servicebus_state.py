@@ -335,6 +335,16 @@ class BrokerState:
             entry.lock_token = None
             self._failed_attempt(entity, entry)
 
+    def drop_expired(self, now: float) -> None:
+        """Drop expired messages waiting at the head of every queue (the oldest ones), so a
+        subscription nobody reads does not grow without bound."""
+        for entity in self.entities():
+            available = entity.available
+            while available and available[0].expires_at <= now:
+                entry = available.popleft()
+                if entry.sequence_number in entity.messages and entry.lock_token is None:
+                    self._expire(entity, entry)
+
     def expire_idle(self, now: float) -> list[str]:
         """Delete subscriptions idle longer than their AutoDeleteOnIdle; return their paths."""
         gone = []

@@ -154,8 +154,9 @@ class LoopbackServiceBus:
             self._amqp = self._thread = None
             if amqp is None or thread is None:
                 return
-            amqp.call(amqp.shutdown).result(timeout=_CALL_TIMEOUT)
-            thread.join(timeout=_CALL_TIMEOUT)
+            if thread.is_alive():
+                amqp.call(amqp.shutdown).result(timeout=_CALL_TIMEOUT)
+                thread.join(timeout=_CALL_TIMEOUT)
             for entity in self._state.entities():
                 entity.consumers.clear()
                 if entity.dead_letter is not None:
