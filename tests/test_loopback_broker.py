@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.servicebus import (
     ServiceBusClient,
     ServiceBusMessage,
@@ -29,6 +29,7 @@ from azure.servicebus.exceptions import (
     MessagingEntityNotFoundError,
     ServiceBusError,
 )
+from azure.servicebus.management import CorrelationRuleFilter, SqlRuleFilter
 
 from eventbroker.testing import LoopbackServiceBus, administration_client
 
@@ -322,6 +323,45 @@ def test_administration_client_manages_subscriptions(broker: LoopbackServiceBus)
             admin.delete_subscription("events", "web-1")
     assert broker.subscription_names("events") == ["s1"]
     assert sorted(broker.topic_names()) == ["events", "other"]
+
+
+def test_subscription_rules_filter_what_a_subscription_gets(
+    broker: LoopbackServiceBus, client: ServiceBusClient
+) -> None:
+    broker.create_subscription("events", "not-mine")
+    broker.create_subscription("events", "orders")
+    with administration_client(broker.connection_string, broker.admin_endpoint) as admin:
+        admin.create_rule(
+            "events",
+            "not-mine",
+            "exclude-own",
+            filter=SqlRuleFilter(
+                "sys.Label IS NULL OR sys.Label <> @own", parameters={"@own": "me"}
+            ),
+        )
+        admin.delete_rule("events", "not-mine", "$Default")
+        admin.create_rule(
+            "events", "orders", "orders", filter=CorrelationRuleFilter(properties={"kind": "order"})
+        )
+        admin.delete_rule("events", "orders", "$Default")
+        assert [r.name for r in admin.list_rules("events", "not-mine")] == ["exclude-own"]
+        with pytest.raises(ResourceExistsError):
+            admin.create_rule("events", "orders", "orders")
+        with pytest.raises(HttpResponseError, match="unsupported SQL filter"):
+            admin.create_rule("events", "orders", "bad", filter=SqlRuleFilter("sys.Size > 5"))
+    with client.get_topic_sender("events") as sender:
+        sender.send_messages(
+            [
+                ServiceBusMessage("mine", subject="me"),
+                ServiceBusMessage("theirs", subject="you"),
+                ServiceBusMessage("unlabelled", application_properties={"kind": "order"}),
+            ]
+        )
+    expected = {"s1": ["mine", "theirs", "unlabelled"], "not-mine": ["theirs", "unlabelled"]}
+    expected["orders"] = ["unlabelled"]
+    for subscription, bodies in expected.items():
+        with client.get_subscription_receiver("events", subscription, receive_mode=RAD) as receiver:
+            assert _bodies(_receive(receiver, 3, wait=0.5)) == bodies
 
 
 def test_restart_keeping_state_loses_nothing(

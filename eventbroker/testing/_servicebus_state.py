@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 
 from ._servicebus_codec import StoredMessage, encode_delivery, with_dead_letter_properties
+from ._servicebus_rules import DEFAULT_RULE, MessageView, Rule, message_view
 
 __all__ = [
     "BrokerState",
@@ -96,6 +97,7 @@ class Entity:
         self.last_activity = now
         self.created_at = now
         self.deleted = False
+        self.rules: dict[str, Rule] = {"$default": DEFAULT_RULE}  # subscriptions only
 
     def enqueue(self, message: StoredMessage, now: float) -> Entry:
         ttl = self.properties.default_message_time_to_live
@@ -116,6 +118,13 @@ class Topic:
         self.properties = properties
         self.subscriptions: dict[str, Entity] = {}  # lower-case name -> subscription
         self.created_at = now
+
+
+def _view(message: StoredMessage) -> MessageView:
+    try:
+        return message_view(message.bare)
+    except Exception:  # not decodable by proton: only a TrueFilter takes it
+        return {}, {}
 
 
 class BrokerState:
@@ -219,11 +228,27 @@ class BrokerState:
     # ---- messages ------------------------------------------------------------------------
     def publish(self, target: Entity | Topic, messages: list[StoredMessage]) -> None:
         now = self.clock()
-        targets = list(target.subscriptions.values()) if isinstance(target, Topic) else [target]
-        for entity in targets:
+        if not isinstance(target, Topic):
             for message in messages:
+                target.enqueue(message, now)
+            self.on_available(target)
+            return
+        views: list[MessageView | None] = [None] * len(messages)
+        for entity in target.subscriptions.values():
+            rules = entity.rules.values()
+            accepts_all = any(rule.accepts_all for rule in rules)
+            taken = False
+            for i, message in enumerate(messages):
+                if not accepts_all:
+                    view = views[i]
+                    if view is None:
+                        view = views[i] = _view(message)
+                    if not any(rule.matches(view) for rule in rules):
+                        continue
                 entity.enqueue(message, now)
-            self.on_available(entity)
+                taken = True
+            if taken:
+                self.on_available(entity)
 
     def next_available(self, entity: Entity, now: float) -> Entry | None:
         """Pop the next deliverable message, dropping expired ones."""
