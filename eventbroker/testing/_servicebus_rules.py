@@ -242,32 +242,28 @@ class _SqlParser:
         return predicate
 
     def disjunction(self) -> Predicate:
-        parts = [self.conjunction()]
-        while self.peek() == "OR":
-            self.take()
-            parts.append(self.conjunction())
-        if len(parts) == 1:
-            return parts[0]
-
-        def any_true(view: MessageView) -> bool | None:
-            results = [p(view) for p in parts]
-            return True if True in results else (None if None in results else False)
-
-        return any_true
+        return self._chain("OR", self.conjunction, decisive=True)
 
     def conjunction(self) -> Predicate:
-        parts = [self.negation()]
-        while self.peek() == "AND":
+        return self._chain("AND", self.negation, decisive=False)
+
+    def _chain(self, word: str, operand: Callable[[], Predicate], decisive: bool) -> Predicate:
+        """``operand (word operand)*`` in SQL three-valued logic: ``decisive`` is the result
+        that settles it (True for OR, False for AND); otherwise unknown wins over its opposite."""
+        parts = [operand()]
+        while self.peek() == word:
             self.take()
-            parts.append(self.negation())
+            parts.append(operand())
         if len(parts) == 1:
             return parts[0]
 
-        def all_true(view: MessageView) -> bool | None:
+        def combined(view: MessageView) -> bool | None:
             results = [p(view) for p in parts]
-            return False if False in results else (None if None in results else True)
+            if decisive in results:
+                return decisive
+            return None if None in results else not decisive
 
-        return all_true
+        return combined
 
     def negation(self) -> Predicate:
         if self.peek() == "NOT":
