@@ -435,8 +435,13 @@ def test_stop_closes_the_sockets_and_refusal_reopens() -> None:
     port, admin_port = broker.port, broker.admin_port
     with broker.connections_refused(), pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=1)
-    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    half_open = socket.create_connection(("127.0.0.1", port), timeout=5)
+    half_open.sendall(b"AMQP\x03\x01\x00\x00")  # SASL header, then silence
+    assert half_open.recv(8) == b"AMQP\x03\x01\x00\x00"
     broker.stop()
+    with half_open:
+        while half_open.recv(1024):  # the rest of the SASL frames, then end of stream
+            pass
     for closed in (port, admin_port):
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", closed), timeout=1)

@@ -186,6 +186,7 @@ class AmqpBroker(Handler):
 
     @_guarded
     def on_timer_task(self, _event: Any) -> None:
+        self._tick_task = self.container.schedule(_TICK, self)
         now = self.state.clock()
         self.state.expire_locks(now)
         if abs(now - self._last_idle_check) >= 1.0:
@@ -194,14 +195,18 @@ class AmqpBroker(Handler):
             gone = self.state.expire_idle(now)
             for path in gone:
                 _log.info("deleted idle subscription %s", path)
-        self._tick_task = self.container.schedule(_TICK, self)
 
     # ---- endpoints -----------------------------------------------------------------------
     @_guarded
+    def on_connection_init(self, event: Any) -> None:
+        conn = event.connection
+        conn.consumer_links = []
+        self._connections.add(conn)  # from accept on, so that stop() closes every socket
+
+    @_guarded
     def on_connection_remote_open(self, event: Any) -> None:
         conn = event.connection
-        self._connections.add(conn)
-        conn.consumer_links = []
+        _log.debug("connection opened (%d open)", len(self._connections))
         if conn.state & Endpoint.LOCAL_UNINIT:
             conn.open()
 
@@ -330,6 +335,7 @@ class AmqpBroker(Handler):
         conn = event.connection
         if conn is not None:
             self._forget_connection(conn)
+            _log.debug("connection closed (%d open)", len(self._connections))
 
     # ---- deliveries ----------------------------------------------------------------------
     @_guarded

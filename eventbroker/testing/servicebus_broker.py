@@ -511,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # proton logs every accepted connection, and peers that vanish
+        logging.getLogger("proton").setLevel(logging.CRITICAL)
     broker = LoopbackServiceBus(
         args.host,
         args.port,
