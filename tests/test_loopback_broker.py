@@ -371,15 +371,20 @@ def test_restart_keeping_state_loses_nothing(
     broker: LoopbackServiceBus, client: ServiceBusClient
 ) -> None:
     with _pair(client, "s1", max_wait_time=5) as (sender, receiver):
-        sender.send_messages(ServiceBusMessage("before"))
-        (locked,) = _receive(receiver, 1)
+        sender.send_messages([ServiceBusMessage("before"), ServiceBusMessage("poison")])
+        locked, poison = _receive(receiver, 2)
         port = broker.port
         broker.restart()
         assert broker.port == port
         sender.send_messages(ServiceBusMessage("after"))  # the SDK reconnects inside the call
-        receiver.complete_message(locked)  # the lock survived: settled through $management
+        # the locks survived: settled through $management, the receiver link being gone
+        receiver.complete_message(locked)
+        receiver.dead_letter_message(poison, reason="Malformed", error_description="not JSON")
         assert _bodies(_receive(receiver, 1, wait=5)) == ["after"]
         assert broker.message_count("events/Subscriptions/s1") == 1  # "after" is locked
+    assert [(d.body, d.reason, d.description) for d in broker.dead_letters("events", "s1")] == [
+        (b"poison", "Malformed", "not JSON")
+    ]
 
 
 def test_restart_dropping_state_forgets_entities(
