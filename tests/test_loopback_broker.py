@@ -480,3 +480,8 @@ def test_command_line_prints_a_working_connection_string() -> None:
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 0
+
+
+def test_a_taken_port_is_a_clear_error(servicebus_broker: LoopbackServiceBus) -> None:
+    with pytest.raises(OSError, match="pick another port"):
+        LoopbackServiceBus(port=servicebus_broker.port).start()

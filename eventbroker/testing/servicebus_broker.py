@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from ._servicebus_admin import AdminServer
 from ._servicebus_admin_client import administration_client
 from ._servicebus_amqp import AmqpBroker
 from ._servicebus_codec import encode_delivery
@@ -110,7 +111,7 @@ class LoopbackServiceBus:
         )
         self._amqp: AmqpBroker | None = None
         self._thread: threading.Thread | None = None
-        self._admin: Any = None
+        self._admin: AdminServer | None = None
         self._lifecycle = threading.RLock()  # start / stop / direct state access while stopped
         self._reopen_timer: threading.Timer | None = None
 
@@ -127,17 +128,23 @@ class LoopbackServiceBus:
             thread.start()
             try:
                 self._port = amqp.ready.result(timeout=_CALL_TIMEOUT)
-            except Exception:
+            except OSError as exc:
                 thread.join(timeout=_CALL_TIMEOUT)
-                raise
+                raise OSError(
+                    exc.errno,
+                    f"the loopback Service Bus cannot listen on {self.host}:{self._port} ({exc}); "
+                    "pick another port, or 0 for any free one",
+                ) from exc
             self._amqp, self._thread = amqp, thread
-            from ._servicebus_admin import AdminServer
-
             try:
                 self._admin = AdminServer(self, self.host, self._admin_port)
-            except Exception:
+            except OSError as exc:
                 self.stop()
-                raise
+                raise OSError(
+                    exc.errno,
+                    f"the loopback Service Bus admin endpoint cannot listen on "
+                    f"{self.host}:{self._admin_port} ({exc}); pick another port, or 0 for any free one",
+                ) from exc
             self._admin_port = self._admin.port
             _log.info("loopback Service Bus started: %s", self.connection_string)
 
