@@ -1,0 +1,225 @@
+"""The instances of the site: a web instance (app + cache + broker) and the job instance."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import uvicorn
+
+from cache import CacheOptions, EntryOptions, HybridCache
+from cache.eventbroker_backplane import EVENT_ID as BACKPLANE_EVENT_ID
+from cache.eventbroker_backplane import EventBrokerBackplane
+from eventbroker import (
+    EventBroker,
+    EventBrokerOptions,
+    EventReceivedEventArgs,
+    EventRegistry,
+    Transport,
+)
+from jobs import CacheInvalidator, Interval, JobScheduler, SchedulerOptions
+
+from ._db import InventoryDb
+from ._import_job import InventoryImportJob
+from ._settings import InventorySettings
+from ._web import create_app
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class Received:
+    """A remote event as seen by a web instance's broker."""
+
+    key: str
+    action: str
+    delay_ms: float
+    source_instance_id: str
+
+
+class ReceivedLog:
+    """The backplane messages a web instance received, waitable by key and source."""
+
+    def __init__(self) -> None:
+        self._items: list[Received] = []
+        self._cond = threading.Condition(threading.RLock())
+
+    def add(self, received: Received) -> None:
+        with self._cond:
+            self._items.append(received)
+            self._cond.notify_all()
+
+    def received_from(self, source_instance_id: str) -> list[Received]:
+        with self._cond:  # re-entrant use from wait_for is fine: Condition wraps an RLock
+            return [r for r in self._items if r.source_instance_id == source_instance_id]
+
+    def wait_received(
+        self, key: str, source_instance_id: str, timeout: float = 10.0
+    ) -> Received | None:
+        """The first message for `key` from that instance (waiting up to `timeout`)."""
+
+        def find() -> Received | None:
+            return next(
+                (
+                    r
+                    for r in self._items
+                    if r.key == key and r.source_instance_id == source_instance_id
+                ),
+                None,
+            )
+
+        with self._cond:
+            self._cond.wait_for(lambda: find() is not None, timeout)
+            return find()
+
+    def wait_count(
+        self, source_instance_id: str, count: int, timeout: float = 10.0
+    ) -> list[Received]:
+        """The messages from that instance once there are `count` (or what came by `timeout`)."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: len(self.received_from(source_instance_id)) >= count, timeout
+            )
+            return self.received_from(source_instance_id)
+
+
+def _backplane_fields(param: Any) -> tuple[str, str]:
+    """(cache key, action) of a backplane message param, whatever shape it travels in."""
+    if isinstance(param, dict):
+        key = param.get("cache_key", "?")
+        action = param.get("action", "?")
+    else:
+        key = getattr(param, "cache_key", "?")
+        action = getattr(param, "action", "?")
+    return str(key), str(getattr(action, "value", action))
+
+
+def _broker(transport: Transport, settings: InventorySettings) -> EventBroker:
+    if not settings.secret:
+        raise ValueError("set EVENTBROKER_SECRET: every instance must share one secret")
+    options = EventBrokerOptions(secret=settings.secret, application_name=settings.application_name)
+    return EventBroker(transport, options)
+
+
+class WebInstance:
+    """One web instance: its own broker, cache (with an EventBrokerBackplane) and uvicorn."""
+
+    def __init__(
+        self,
+        name: str,
+        transport: Transport,
+        settings: InventorySettings,
+        *,
+        db: InventoryDb,
+        feed_url: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        on_received: Callable[[Received], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.broker = _broker(transport, settings)
+        self.registry = EventRegistry(self.broker)
+        self.received = ReceivedLog()
+        self._on_received_hook = on_received
+        self.broker.event_received.subscribe(self._on_received)
+        self.broker.start()
+        self.cache = HybridCache(
+            CacheOptions(name=settings.application_name),
+            backplane=EventBrokerBackplane(self.registry, self.broker),
+        )
+        entry_options = EntryOptions(
+            duration=settings.cache_seconds,
+            is_fail_safe_enabled=True,
+            factory_soft_timeout=2.0,
+        )
+        app = create_app(
+            name=name, cache=self.cache, db=db, feed_url=feed_url, entry_options=entry_options
+        )
+        self._socket = socket.create_server((host, port))
+        self.port: int = self._socket.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+        )
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, name=f"uvicorn-{name}"
+        )
+
+    def _on_received(self, args: EventReceivedEventArgs) -> None:
+        if args.event_id != BACKPLANE_EVENT_ID:
+            return
+        key, action = _backplane_fields(args.param)
+        delay_ms = (time.time() - args.sent_at) * 1000
+        received = Received(key, action, delay_ms, args.source_instance_id)
+        self.received.add(received)
+        if self._on_received_hook is not None:
+            self._on_received_hook(received)
+
+    def start(self) -> WebInstance:
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"web instance {self.name} did not start on {self.url}")
+            time.sleep(0.01)
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve on the calling thread until interrupted (the web role as its own process)."""
+        try:
+            self._server.run(sockets=[self._socket])
+        finally:
+            self.cache.close()
+            self.broker.stop()
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(10)
+        self._socket.close()
+        self.cache.close()
+        self.broker.stop()
+
+
+class JobInstance:
+    """The background instance: a broker, the import job and its scheduler."""
+
+    def __init__(
+        self,
+        name: str,
+        transport: Transport,
+        settings: InventorySettings,
+        *,
+        db: InventoryDb,
+        feed_url: str,
+        jobs_store: str,
+        scheduled: bool = False,
+        chunk_pause: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.broker = _broker(transport, settings)
+        self.registry = EventRegistry(self.broker)
+        self.broker.start()
+        self.invalidator = CacheInvalidator.for_registry(self.registry)
+        self.job = InventoryImportJob(
+            feed_url=feed_url,
+            db=db,
+            invalidator=self.invalidator,
+            schedule=Interval(settings.import_interval) if scheduled else None,
+            chunk_pause=chunk_pause,
+        )
+        self.scheduler = JobScheduler(
+            [self.job],
+            store=jobs_store,
+            registry=self.registry,
+            options=SchedulerOptions(instance_id=name, poll_interval=0.2),
+        )
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+        self.broker.stop()

@@ -1,0 +1,106 @@
+"""CacheInvalidator: a job with no cache of its own makes keys stale on every instance."""
+
+from __future__ import annotations
+
+import pytest
+
+from cache import (
+    BackplaneError,
+    BackplaneMessage,
+    CacheOptions,
+    EntryOptions,
+    HybridCache,
+    MemoryBackplane,
+    MemoryBackplaneHub,
+)
+from eventbroker import PublishError
+from jobs import CacheInvalidator, InvalidationError
+
+FAIL_SAFE = EntryOptions(duration=60, is_fail_safe_enabled=True)
+
+
+class Source:
+    """A data source whose value changes and which can fail."""
+
+    def __init__(self) -> None:
+        self.value = "v1"
+        self.failing = False
+        self.calls = 0
+
+    def load(self) -> str:
+        self.calls += 1
+        if self.failing:
+            raise ConnectionError("source down")
+        return self.value
+
+
+def caches(hub: MemoryBackplaneHub, n: int) -> list[HybridCache]:
+    return [
+        HybridCache(CacheOptions(name="shop"), backplane=MemoryBackplane(hub)) for _ in range(n)
+    ]
+
+
+def test_expire_reaches_every_instance_and_keeps_value_for_fail_safe() -> None:
+    hub = MemoryBackplaneHub()
+    web, source = caches(hub, 2), Source()
+    assert [c.get_or_set("p:1", source.load, FAIL_SAFE) for c in web] == ["v1", "v1"]
+    source.value = "v2"
+    invalidator = CacheInvalidator(MemoryBackplane(hub))  # the job: no cache, no source id
+    assert invalidator.invalidate(["p:1", "p:1", "p:unknown"]) == 2  # de-duplicated
+    assert [c.get_or_set("p:1", source.load, FAIL_SAFE) for c in web] == ["v2", "v2"]
+    source.value, source.failing = "v3", True
+    invalidator.invalidate(["p:1"])
+    assert [c.get_or_set("p:1", source.load, FAIL_SAFE) for c in web] == ["v2", "v2"]
+
+
+def test_remove_on_request_drops_the_value() -> None:
+    hub = MemoryBackplaneHub()
+    [web], source = caches(hub, 1), Source()
+    web.get_or_set("p:1", source.load, FAIL_SAFE)
+    source.failing = True
+    CacheInvalidator(MemoryBackplane(hub)).invalidate(["p:1"], remove=True)
+    with pytest.raises(ConnectionError):
+        web.get_or_set("p:1", source.load, FAIL_SAFE)  # nothing left to fall back on
+
+
+def test_batch_sends_after_a_clean_block_only() -> None:
+    hub = MemoryBackplaneHub()
+    [web], source = caches(hub, 1), Source()
+    web.get_or_set("p:1", source.load, FAIL_SAFE)
+    invalidator = CacheInvalidator(MemoryBackplane(hub))
+    source.value = "v2"
+    with pytest.raises(RuntimeError), invalidator.batch() as batch:
+        batch.add("p:1")
+        raise RuntimeError("update rolled back")
+    assert web.get_or_set("p:1", source.load, FAIL_SAFE) == "v1"
+    with invalidator.batch() as batch:
+        batch.add("p:1", "p:2")
+    assert batch.sent == 2 and web.get_or_set("p:1", source.load, FAIL_SAFE) == "v2"
+
+
+class Refusing:
+    """A backplane whose transport pushes back `refusals` times (a full outgoing queue)."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.sent: list[str] = []
+
+    def publish(self, message: BackplaneMessage, options: EntryOptions) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            if self.refusals % 2:
+                raise PublishError("outgoing queue full")
+            raise BackplaneError("event broker cannot publish backplane message")
+        self.sent.append(message.cache_key)
+
+
+def test_push_back_is_retried_and_a_deadline_names_the_unsent_keys() -> None:
+    backplane = Refusing(3)
+    assert CacheInvalidator(backplane).invalidate(["a", "b"]) == 2  # type: ignore[arg-type]
+    assert backplane.sent == ["a", "b"]
+    stuck = Refusing(10**6)
+    with pytest.raises(InvalidationError, match="published 0 of 2") as info:
+        CacheInvalidator(stuck, publish_timeout=0.05).invalidate(["a", "b"])  # type: ignore[arg-type]
+    assert info.value.keys == ["a", "b"]
+    with pytest.raises(TypeError, match="non-empty str"):
+        CacheInvalidator(backplane).invalidate(["ok", ""])  # type: ignore[arg-type]

@@ -1,0 +1,63 @@
+"""A stop request made on one instance reaches the instance running the job via the broker."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from eventbroker import (
+    EventBroker,
+    EventBrokerOptions,
+    EventRegistry,
+    InMemoryHub,
+    InMemoryTransport,
+)
+from jobs import JobOutcome, JobRun, JobScheduler, SchedulerOptions, SqliteJobStore
+
+from ._jobs_helpers import BlockingJob
+
+
+@pytest.fixture
+def farm(tmp_path: Path) -> Iterator[list[tuple[JobScheduler, BlockingJob]]]:
+    hub = InMemoryHub()
+    brokers = [
+        EventBroker(InMemoryTransport(hub), EventBrokerOptions(secret="s", application_name="jobs"))
+        for _ in range(2)
+    ]
+    farm = []
+    for broker in brokers:
+        broker.start()
+        job = BlockingJob()
+        scheduler = JobScheduler(
+            [job],
+            store=SqliteJobStore(tmp_path / "farm.sqlite3"),
+            registry=EventRegistry(broker),
+            options=SchedulerOptions(poll_interval=0.05),
+        )
+        farm.append((scheduler, job))
+    yield farm
+    for (scheduler, job), broker in zip(farm, brokers, strict=True):
+        job.release.set()
+        scheduler.stop()
+        broker.stop()
+
+
+def test_stop_request_from_another_instance_stops_the_running_job(
+    farm: list[tuple[JobScheduler, BlockingJob]],
+) -> None:
+    (runner, job), (other, _) = farm
+    finished: list[JobRun] = []
+    done = threading.Event()
+    runner.on_finished(lambda run: (finished.append(run), done.set()))
+    runner.run_now(BlockingJob.id)
+    runner.run_pending(wait=False)
+    assert job.started.wait(10)
+    assert other.request_stop(BlockingJob.id) is False  # not running there: sent to the farm
+    assert done.wait(10), "the running instance never saw the stop request"
+    [run] = finished
+    assert run.outcome is JobOutcome.STOPPED and run.status_message.startswith("stopped after")
+    assert run.instance_id == runner.instance_id
+    assert other.history(BlockingJob.id)[0].outcome is JobOutcome.STOPPED
