@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.servicebus import (
     ServiceBusClient,
     ServiceBusMessage,
@@ -21,7 +24,12 @@ from azure.servicebus import (
     ServiceBusSubQueue,
 )
 from azure.servicebus.aio import ServiceBusClient as AsyncServiceBusClient
-from azure.servicebus.exceptions import MessageLockLostError, ServiceBusError
+from azure.servicebus.exceptions import (
+    MessageLockLostError,
+    MessagingEntityNotFoundError,
+    ServiceBusError,
+)
+from azure.servicebus.management import CorrelationRuleFilter, SqlRuleFilter
 
 from eventbroker.testing import LoopbackServiceBus, administration_client
 
@@ -57,7 +65,9 @@ def broker(clock: OffsetClock) -> Iterator[LoopbackServiceBus]:
 
 @pytest.fixture
 def client(broker: LoopbackServiceBus) -> Iterator[ServiceBusClient]:
-    with ServiceBusClient.from_connection_string(broker.connection_string) as sb:
+    with ServiceBusClient.from_connection_string(
+        broker.connection_string, retry_backoff_factor=0.05
+    ) as sb:
         yield sb
 
 
@@ -231,11 +241,21 @@ def test_renew_lock_and_peek(
 
 def test_unknown_entity_is_not_found(broker: LoopbackServiceBus, client: ServiceBusClient) -> None:
     with (
-        pytest.raises(ServiceBusError) as raised,
+        pytest.raises(MessagingEntityNotFoundError) as raised,
         client.get_subscription_receiver("events", "missing", max_wait_time=1) as receiver,
     ):
         receiver.receive_messages(max_wait_time=1)
     assert "could not be found" in str(raised.value)
+
+
+def test_deleting_a_subscription_detaches_its_receivers(
+    broker: LoopbackServiceBus, client: ServiceBusClient
+) -> None:
+    with client.get_subscription_receiver("events", "s1") as receiver:
+        assert receiver.receive_messages(max_wait_time=0.2) == []
+        broker.delete_subscription("events", "s1")
+        with pytest.raises(MessagingEntityNotFoundError):
+            receiver.receive_messages(max_wait_time=2)
 
 
 def test_queue_and_inject(broker: LoopbackServiceBus, client: ServiceBusClient) -> None:
@@ -307,19 +327,64 @@ def test_administration_client_manages_subscriptions(broker: LoopbackServiceBus)
     assert sorted(broker.topic_names()) == ["events", "other"]
 
 
+def test_subscription_rules_filter_what_a_subscription_gets(
+    broker: LoopbackServiceBus, client: ServiceBusClient
+) -> None:
+    broker.create_subscription("events", "not-mine")
+    broker.create_subscription("events", "orders")
+    with administration_client(broker.connection_string, broker.admin_endpoint) as admin:
+        admin.create_rule(
+            "events",
+            "not-mine",
+            "exclude-own",
+            filter=SqlRuleFilter(
+                "sys.Label IS NULL OR sys.Label <> @own", parameters={"@own": "me"}
+            ),
+        )
+        admin.delete_rule("events", "not-mine", "$Default")
+        admin.create_rule(
+            "events", "orders", "orders", filter=CorrelationRuleFilter(properties={"kind": "order"})
+        )
+        admin.delete_rule("events", "orders", "$Default")
+        assert [r.name for r in admin.list_rules("events", "not-mine")] == ["exclude-own"]
+        with pytest.raises(ResourceExistsError):
+            admin.create_rule("events", "orders", "orders")
+        with pytest.raises(HttpResponseError, match="unsupported SQL filter"):
+            admin.create_rule("events", "orders", "bad", filter=SqlRuleFilter("sys.Size > 5"))
+    with client.get_topic_sender("events") as sender:
+        sender.send_messages(
+            [
+                ServiceBusMessage("mine", subject="me"),
+                ServiceBusMessage("theirs", subject="you"),
+                ServiceBusMessage("unlabelled", application_properties={"kind": "order"}),
+            ]
+        )
+    expected = {"s1": ["mine", "theirs", "unlabelled"], "not-mine": ["theirs", "unlabelled"]}
+    expected["orders"] = ["unlabelled"]
+    for subscription, bodies in expected.items():
+        assert broker.message_count(f"events/Subscriptions/{subscription}") == len(bodies)
+        with client.get_subscription_receiver("events", subscription, receive_mode=RAD) as receiver:
+            assert _bodies(_receive(receiver, len(bodies))) == bodies
+
+
 def test_restart_keeping_state_loses_nothing(
     broker: LoopbackServiceBus, client: ServiceBusClient
 ) -> None:
     with _pair(client, "s1", max_wait_time=5) as (sender, receiver):
-        sender.send_messages(ServiceBusMessage("before"))
-        (locked,) = _receive(receiver, 1)
+        sender.send_messages([ServiceBusMessage("before"), ServiceBusMessage("poison")])
+        locked, poison = _receive(receiver, 2)
         port = broker.port
         broker.restart()
         assert broker.port == port
         sender.send_messages(ServiceBusMessage("after"))  # the SDK reconnects inside the call
-        receiver.complete_message(locked)  # the lock survived: settled through $management
+        # the locks survived: settled through $management, the receiver link being gone
+        receiver.complete_message(locked)
+        receiver.dead_letter_message(poison, reason="Malformed", error_description="not JSON")
         assert _bodies(_receive(receiver, 1, wait=5)) == ["after"]
         assert broker.message_count("events/Subscriptions/s1") == 1  # "after" is locked
+    assert [(d.body, d.reason, d.description) for d in broker.dead_letters("events", "s1")] == [
+        (b"poison", "Malformed", "not JSON")
+    ]
 
 
 def test_restart_dropping_state_forgets_entities(
@@ -378,8 +443,45 @@ def test_stop_closes_the_sockets_and_refusal_reopens() -> None:
     port, admin_port = broker.port, broker.admin_port
     with broker.connections_refused(), pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=1)
-    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    half_open = socket.create_connection(("127.0.0.1", port), timeout=5)
+    half_open.sendall(b"AMQP\x03\x01\x00\x00")  # SASL header, then silence
+    assert half_open.recv(8) == b"AMQP\x03\x01\x00\x00"
     broker.stop()
+    with half_open:
+        while half_open.recv(1024):  # the rest of the SASL frames, then end of stream
+            pass
     for closed in (port, admin_port):
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", closed), timeout=1)
+
+
+def test_command_line_prints_a_working_connection_string() -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "eventbroker.testing.servicebus_broker",
+            "--port",
+            "0",
+            "--topic",
+            "cli",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = dict(process.stdout.readline().strip().split("=", 1) for _ in range(2))
+        connection_string = lines["SERVICEBUS_CONNECTION_STRING"]
+        assert "UseDevelopmentEmulator=true" in connection_string
+        with administration_client(connection_string, lines["SERVICEBUS_ADMIN_ENDPOINT"]) as admin:
+            assert [t.name for t in admin.list_topics()] == ["cli"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+
+
+def test_a_taken_port_is_a_clear_error(servicebus_broker: LoopbackServiceBus) -> None:
+    with pytest.raises(OSError, match="pick another port"):
+        LoopbackServiceBus(port=servicebus_broker.port).start()

@@ -16,6 +16,7 @@ from xml.sax.saxutils import escape
 
 import attrs
 
+from ._servicebus_rules import Rule, RuleError, parse_rule
 from ._servicebus_state import (
     FOREVER,
     MAX_NAME_LENGTH,
@@ -189,13 +190,25 @@ def _description(kind: str, target: Entity | Topic) -> str:
 
 
 def _entry(base: str, path: str, title: str, kind: str, target: Entity | Topic) -> str:
+    return _atom_entry(base, path, title, target.created_at, _description(kind, target))
+
+
+def _atom_entry(base: str, path: str, title: str, created: float, content: str) -> str:
     url = escape(f"{base}/{path}?api-version=2021-05")
     return (
         f'<entry xmlns="{_ATOM}"><id>{url}</id><title type="text">{escape(title)}</title>'
-        f"<published>{_iso(target.created_at)}</published><updated>{_iso(target.created_at)}</updated>"
+        f"<published>{_iso(created)}</published><updated>{_iso(created)}</updated>"
         f'<link rel="self" href="{url}"/>'
-        f'<content type="application/xml">{_description(kind, target)}</content></entry>'
+        f'<content type="application/xml">{content}</content></entry>'
     )
+
+
+def _rule_entry(base: str, path: str, rule: Rule, created: float) -> str:
+    content = (
+        f'<RuleDescription xmlns="{_SB}" xmlns:i="{_XSI}" xmlns:xsi="{_XSI}">'
+        f"{rule.description_xml}<CreatedAt>{_iso(created)}</CreatedAt></RuleDescription>"
+    )
+    return _atom_entry(base, path, rule.name, created, content)
 
 
 def _feed(base: str, path: str, entries: list[str], skip: int, top: int, total: int) -> str:
@@ -228,6 +241,12 @@ class _Api:
         if_match: bool,
     ) -> tuple[int, str]:
         parts = [unquote(p) for p in path.strip("/").split("/") if p]
+        if (
+            len(parts) in (4, 5)
+            and parts[1].lower() == "subscriptions"
+            and parts[3].lower() == "rules"
+        ):
+            return self._rules(state, method, parts, query, body, if_match)
         if len(parts) == 2 and parts[0] == "$Resources":
             return self._list_entities(state, parts[1].lower(), query)
         if len(parts) == 2 and parts[1].lower() == "subscriptions" and method == "GET":
@@ -324,6 +343,58 @@ class _Api:
             sub = state.create_subscription(topic.name, name, props)
             return 201, _entry(self.base, path, name, "Subscription", sub)
         raise _HttpError(405, f"{method} is not allowed on a subscription")
+
+    def _rules(
+        self,
+        state: BrokerState,
+        method: str,
+        parts: list[str],
+        query: dict[str, str],
+        body: bytes,
+        if_match: bool,
+    ) -> tuple[int, str]:
+        topic = self._topic(state, parts[0])
+        sub = topic.subscriptions.get(parts[2].lower())
+        if sub is None:
+            raise _HttpError(
+                404, f"subscription {parts[2]!r} of topic {topic.name!r} does not exist"
+            )
+        base_path = f"{topic.name}/subscriptions/{parts[2]}/rules"
+        if len(parts) == 4:
+            if method != "GET":
+                raise _HttpError(405, f"{method} is not allowed on a rule collection")
+            skip, top = self._page(query)
+            rules = list(sub.rules.values())
+            entries = [
+                _rule_entry(self.base, f"{base_path}/{r.name}", r, sub.created_at)
+                for r in rules[skip : skip + top]
+            ]
+            return 200, _feed(self.base, base_path, entries, skip, top, len(rules))
+        name = parts[4]
+        key = name.lower()
+        existing = sub.rules.get(key)
+        path = f"{base_path}/{name}"
+        if method == "GET":
+            if existing is None:
+                raise _HttpError(404, f"rule {name!r} of subscription {sub.path!r} does not exist")
+            return 200, _rule_entry(self.base, path, existing, sub.created_at)
+        if method == "DELETE":
+            if existing is None:
+                raise _HttpError(404, f"rule {name!r} of subscription {sub.path!r} does not exist")
+            del sub.rules[key]
+            return 200, ""
+        if method == "PUT":
+            if existing is not None and not if_match:
+                raise _HttpError(409, f"rule {name!r} of subscription {sub.path!r} already exists")
+            if existing is None and if_match:
+                raise _HttpError(404, f"rule {name!r} of subscription {sub.path!r} does not exist")
+            try:
+                rule = parse_rule(name, body)
+            except RuleError as exc:
+                raise _HttpError(400, str(exc)) from None
+            sub.rules[key] = rule
+            return (200 if existing else 201), _rule_entry(self.base, path, rule, sub.created_at)
+        raise _HttpError(405, f"{method} is not allowed on a rule")
 
     def _entity(
         self, state: BrokerState, method: str, name: str, body: bytes, if_match: bool

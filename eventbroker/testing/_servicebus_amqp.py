@@ -83,6 +83,7 @@ class AmqpBroker(Handler):
         super().__init__()
         self.state = state
         state.on_available = self._pump
+        state.on_deleted = self._detach_consumers
         self.host = host
         self.port = port
         self.container = Container(self)
@@ -185,21 +186,27 @@ class AmqpBroker(Handler):
 
     @_guarded
     def on_timer_task(self, _event: Any) -> None:
+        self._tick_task = self.container.schedule(_TICK, self)
         now = self.state.clock()
         self.state.expire_locks(now)
         if abs(now - self._last_idle_check) >= 1.0:
             self._last_idle_check = now
+            self.state.drop_expired(now)
             gone = self.state.expire_idle(now)
             for path in gone:
                 _log.info("deleted idle subscription %s", path)
-        self._tick_task = self.container.schedule(_TICK, self)
 
     # ---- endpoints -----------------------------------------------------------------------
     @_guarded
+    def on_connection_init(self, event: Any) -> None:
+        conn = event.connection
+        conn.consumer_links = []
+        self._connections.add(conn)  # from accept on, so that stop() closes every socket
+
+    @_guarded
     def on_connection_remote_open(self, event: Any) -> None:
         conn = event.connection
-        self._connections.add(conn)
-        conn.consumer_links = []
+        _log.debug("connection opened (%d open)", len(self._connections))
         if conn.state & Endpoint.LOCAL_UNINIT:
             conn.open()
 
@@ -282,6 +289,15 @@ class AmqpBroker(Handler):
         entity.last_activity = self.state.clock()
         conn.consumer_links.append(link)
 
+    def _detach_consumers(self, entity: Entity) -> None:
+        """Detach every receiver of a deleted entity with amqp:not-found, as Service Bus does."""
+        for link in list(entity.consumers):
+            self._drop_consumer(link)
+            link.condition = Condition(
+                _NOT_FOUND, f"The messaging entity '{entity.path}' was deleted."
+            )
+            link.close()
+
     def _drop_consumer(self, link: Any) -> None:
         entity = getattr(link, "entity", None)
         if isinstance(entity, Entity) and link in entity.consumers:
@@ -319,6 +335,7 @@ class AmqpBroker(Handler):
         conn = event.connection
         if conn is not None:
             self._forget_connection(conn)
+            _log.debug("connection closed (%d open)", len(self._connections))
 
     # ---- deliveries ----------------------------------------------------------------------
     @_guarded

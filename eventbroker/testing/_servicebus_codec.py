@@ -8,9 +8,10 @@ delivery. That keeps the per-message cost small and independent of the body size
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "StoredMessage",
@@ -221,6 +222,25 @@ class StoredMessage:
         )
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _decoding(function: _F) -> _F:
+    """Turn any failure on malformed input into :class:`AmqpDecodeError`."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except AmqpDecodeError:
+            raise
+        except (IndexError, ValueError, RecursionError, struct.error) as exc:
+            raise AmqpDecodeError(f"malformed AMQP message: {exc!r}") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+@_decoding
 def parse_message(buf: bytes) -> StoredMessage:
     """Split one encoded AMQP message into a :class:`StoredMessage`."""
     buf = bytes(buf)
@@ -261,6 +281,7 @@ def parse_message(buf: bytes) -> StoredMessage:
     )
 
 
+@_decoding
 def split_batch(buf: bytes) -> list[bytes] | None:
     """Return the inner messages of an SDK batch, or None when ``buf`` is a plain message.
 
@@ -284,7 +305,7 @@ def split_batch(buf: bytes) -> list[bytes] | None:
             return None
         try:
             codes = {code for code, *_ in _sections(payload)}
-        except (AmqpDecodeError, IndexError):
+        except (IndexError, ValueError, RecursionError):  # AmqpDecodeError is a ValueError
             return None
         if not codes & {DATA, AMQP_VALUE, AMQP_SEQUENCE}:
             return None
@@ -367,6 +388,7 @@ def _string(buf: bytes, pos: int) -> str | None:
     return None
 
 
+@_decoding
 def set_application_properties(bare: bytes, values: dict[str, str]) -> bytes:
     """Return ``bare`` with string application properties set (replacing same-named ones)."""
     entries = bytearray()

@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 
 from ._servicebus_codec import StoredMessage, encode_delivery, with_dead_letter_properties
+from ._servicebus_rules import DEFAULT_RULE, MessageView, Rule, message_view
 
 __all__ = [
     "BrokerState",
@@ -96,6 +97,7 @@ class Entity:
         self.last_activity = now
         self.created_at = now
         self.deleted = False
+        self.rules: dict[str, Rule] = {"$default": DEFAULT_RULE}  # subscriptions only
 
     def enqueue(self, message: StoredMessage, now: float) -> Entry:
         ttl = self.properties.default_message_time_to_live
@@ -118,6 +120,13 @@ class Topic:
         self.created_at = now
 
 
+def _view(message: StoredMessage) -> MessageView:
+    try:
+        return message_view(message.bare)
+    except Exception:  # not decodable by proton: only a TrueFilter takes it
+        return {}, {}
+
+
 class BrokerState:
     """Everything the broker stores. Not thread-safe: the reactor thread owns it."""
 
@@ -135,7 +144,9 @@ class BrokerState:
         self.topics: dict[str, Topic] = {}  # lower-case name -> topic
         self.queues: dict[str, Entity] = {}  # lower-case name -> queue
         self._lock_heap: list[tuple[float, uuid.UUID, Entity]] = []
+        # hooks for the AMQP layer: messages became available / an entity was deleted
         self.on_available: Callable[[Entity], None] = lambda _entity: None
+        self.on_deleted: Callable[[Entity], None] = lambda _entity: None
 
     # ---- entity management -------------------------------------------------------------
     def _new_entity(self, path: str, properties: EntityProperties) -> Entity:
@@ -186,11 +197,11 @@ class BrokerState:
     def delete_subscription(self, topic: str, name: str) -> None:
         self._mark_deleted(self.topics[topic.lower()].subscriptions.pop(name.lower()))
 
-    @staticmethod
-    def _mark_deleted(entity: Entity) -> None:
-        entity.deleted = True
-        if entity.dead_letter is not None:
-            entity.dead_letter.deleted = True
+    def _mark_deleted(self, entity: Entity) -> None:
+        for gone in (entity, entity.dead_letter):
+            if gone is not None:
+                gone.deleted = True
+                self.on_deleted(gone)
 
     def resolve(self, path: str) -> Entity | Topic | None:
         """Find the entity an AMQP address path names (case-insensitive)."""
@@ -217,11 +228,27 @@ class BrokerState:
     # ---- messages ------------------------------------------------------------------------
     def publish(self, target: Entity | Topic, messages: list[StoredMessage]) -> None:
         now = self.clock()
-        targets = list(target.subscriptions.values()) if isinstance(target, Topic) else [target]
-        for entity in targets:
+        if not isinstance(target, Topic):
             for message in messages:
+                target.enqueue(message, now)
+            self.on_available(target)
+            return
+        views: list[MessageView | None] = [None] * len(messages)
+        for entity in target.subscriptions.values():
+            rules = entity.rules.values()
+            accepts_all = any(rule.accepts_all for rule in rules)
+            taken = False
+            for i, message in enumerate(messages):
+                if not accepts_all:
+                    view = views[i]
+                    if view is None:
+                        view = views[i] = _view(message)
+                    if not any(rule.matches(view) for rule in rules):
+                        continue
                 entity.enqueue(message, now)
-            self.on_available(entity)
+                taken = True
+            if taken:
+                self.on_available(entity)
 
     def next_available(self, entity: Entity, now: float) -> Entry | None:
         """Pop the next deliverable message, dropping expired ones."""
@@ -332,6 +359,16 @@ class BrokerState:
             del entity.locked[token]
             entry.lock_token = None
             self._failed_attempt(entity, entry)
+
+    def drop_expired(self, now: float) -> None:
+        """Drop expired messages waiting at the head of every queue (the oldest ones), so a
+        subscription nobody reads does not grow without bound."""
+        for entity in self.entities():
+            available = entity.available
+            while available and available[0].expires_at <= now:
+                entry = available.popleft()
+                if entry.sequence_number in entity.messages and entry.lock_token is None:
+                    self._expire(entity, entry)
 
     def expire_idle(self, now: float) -> list[str]:
         """Delete subscriptions idle longer than their AutoDeleteOnIdle; return their paths."""

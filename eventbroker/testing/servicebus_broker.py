@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import datetime
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from ._servicebus_admin import AdminServer
 from ._servicebus_admin_client import administration_client
 from ._servicebus_amqp import AmqpBroker
 from ._servicebus_codec import encode_delivery
@@ -109,7 +111,7 @@ class LoopbackServiceBus:
         )
         self._amqp: AmqpBroker | None = None
         self._thread: threading.Thread | None = None
-        self._admin: Any = None
+        self._admin: AdminServer | None = None
         self._lifecycle = threading.RLock()  # start / stop / direct state access while stopped
         self._reopen_timer: threading.Timer | None = None
 
@@ -126,17 +128,23 @@ class LoopbackServiceBus:
             thread.start()
             try:
                 self._port = amqp.ready.result(timeout=_CALL_TIMEOUT)
-            except Exception:
+            except OSError as exc:
                 thread.join(timeout=_CALL_TIMEOUT)
-                raise
+                raise OSError(
+                    exc.errno,
+                    f"the loopback Service Bus cannot listen on {self.host}:{self._port} ({exc}); "
+                    "pick another port, or 0 for any free one",
+                ) from exc
             self._amqp, self._thread = amqp, thread
-            from ._servicebus_admin import AdminServer
-
             try:
                 self._admin = AdminServer(self, self.host, self._admin_port)
-            except Exception:
+            except OSError as exc:
                 self.stop()
-                raise
+                raise OSError(
+                    exc.errno,
+                    f"the loopback Service Bus admin endpoint cannot listen on "
+                    f"{self.host}:{self._admin_port} ({exc}); pick another port, or 0 for any free one",
+                ) from exc
             self._admin_port = self._admin.port
             _log.info("loopback Service Bus started: %s", self.connection_string)
 
@@ -153,8 +161,9 @@ class LoopbackServiceBus:
             self._amqp = self._thread = None
             if amqp is None or thread is None:
                 return
-            amqp.call(amqp.shutdown).result(timeout=_CALL_TIMEOUT)
-            thread.join(timeout=_CALL_TIMEOUT)
+            if thread.is_alive():
+                amqp.call(amqp.shutdown).result(timeout=_CALL_TIMEOUT)
+                thread.join(timeout=_CALL_TIMEOUT)
             for entity in self._state.entities():
                 entity.consumers.clear()
                 if entity.dead_letter is not None:
@@ -467,22 +476,50 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m eventbroker.testing.servicebus_broker",
         description="Run a loopback Azure Service Bus broker (AMQP + admin HTTP) on 127.0.0.1.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=5672, help="AMQP port (default 5672; 0 = any)")
+    env = os.environ.get
     parser.add_argument(
-        "--admin-port", type=int, default=0, help="admin HTTP port (default 0 = any free port)"
+        "--host",
+        default=env("EVENTBROKER_LOOPBACK_HOST", "127.0.0.1"),
+        help="listen address (default 127.0.0.1; env EVENTBROKER_LOOPBACK_HOST)",
     )
     parser.add_argument(
-        "--topic", action="append", default=[], help="create this topic at start (repeatable)"
+        "--port",
+        type=int,
+        default=int(env("EVENTBROKER_LOOPBACK_PORT", "5672")),
+        help="AMQP port (default 5672, 0 = any free port; env EVENTBROKER_LOOPBACK_PORT)",
     )
-    parser.add_argument("--lock-duration", type=float, default=60.0, help="seconds (default 60)")
-    parser.add_argument("--max-delivery-count", type=int, default=10, help="default 10")
+    parser.add_argument(
+        "--admin-port",
+        type=int,
+        default=int(env("EVENTBROKER_LOOPBACK_ADMIN_PORT", "0")),
+        help="admin HTTP port (default 0 = any free port; env EVENTBROKER_LOOPBACK_ADMIN_PORT)",
+    )
+    parser.add_argument(
+        "--topic",
+        action="append",
+        default=[t for t in env("EVENTBROKER_LOOPBACK_TOPICS", "").split(",") if t],
+        help="create this topic at start (repeatable; env EVENTBROKER_LOOPBACK_TOPICS, comma-separated)",
+    )
+    parser.add_argument(
+        "--lock-duration",
+        type=float,
+        default=float(env("EVENTBROKER_LOOPBACK_LOCK_DURATION", "60")),
+        help="peek-lock duration in seconds (default 60; env EVENTBROKER_LOOPBACK_LOCK_DURATION)",
+    )
+    parser.add_argument(
+        "--max-delivery-count",
+        type=int,
+        default=int(env("EVENTBROKER_LOOPBACK_MAX_DELIVERY_COUNT", "10")),
+        help="deliveries before dead-lettering (default 10; env EVENTBROKER_LOOPBACK_MAX_DELIVERY_COUNT)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # proton logs every accepted connection, and peers that vanish
+        logging.getLogger("proton").setLevel(logging.CRITICAL)
     broker = LoopbackServiceBus(
         args.host,
         args.port,
