@@ -238,23 +238,18 @@ async def test_unreachable_namespace_fails_start_clearly() -> None:
         transport.publish(message(b"x"))
 
 
-async def test_own_message_rule_replaces_the_default_rule(mocker: Any) -> None:
-    """SQL rules are a cloud feature the loopback broker lacks: the admin client is mocked."""
-    from azure.servicebus.management import SqlRuleFilter
-
-    from eventbroker.servicebus._admin import Provisioner
-
-    client = mocker.Mock()
-    options = ServiceBusOptions(
-        connection_string="Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=v",
-        filter_own_messages=True,
-    )
-    created = await Provisioner(client, options, "web-1").ensure_subscription("instance-7")
-    assert created
-    (topic, name, _rule), kwargs = client.create_rule.call_args
-    assert (topic, name) == ("eventbroker", "web-1")
-    rule = kwargs["filter"]
-    assert isinstance(rule, SqlRuleFilter)
-    assert "sys.Label" in str(rule.sql_expression)
-    assert rule.parameters == {"@own": "instance-7"}
-    client.delete_rule.assert_called_once_with("eventbroker", "web-1", "$Default")
+async def test_own_message_rule_drops_own_messages_broker_side(bus: LoopbackServiceBus) -> None:
+    a = ServiceBusTransport(sb_options(bus, filter_own_messages=True))
+    b = ServiceBusTransport(sb_options(bus))
+    sink_a, sink_b = RecordingSink(), RecordingSink()
+    await asyncio.gather(a.start(sink_a), b.start(sink_b))
+    try:
+        a.publish(message(b"from a", source=sink_a.instance_id))
+        b.publish(message(b"from b", source=sink_b.instance_id))
+        await sink_a.wait_for(lambda: b"from b" in sink_a.bodies)
+        await sink_b.wait_for(lambda: {b"from a", b"from b"} <= set(sink_b.bodies))
+        a.publish(message(b"marker", source="someone else"))  # sent after "from a"
+        await sink_a.wait_for(lambda: b"marker" in sink_a.bodies)
+        assert b"from a" not in sink_a.bodies
+    finally:
+        await asyncio.gather(a.stop(), b.stop())
