@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from cache import CacheOptions, EntryOptions, HybridCache
+from cache.eventbroker_backplane import EventBrokerBackplane
 from eventbroker import (
     EventBroker,
     EventBrokerOptions,
@@ -165,11 +167,20 @@ def test_restart_dropping_state_recreates_subscriptions_and_fires_event_missed(
     _expect_all_others(nodes, "later", 2)
 
 
-def test_broker_down_raise_errors_are_clear_or_the_event_arrives_after(
+def test_broker_down_raise_errors_are_clear_queued_events_arrive_and_caches_recover(
     bus: LoopbackServiceBus,
 ) -> None:
     a, b = Node(bus, publish_deadline=2.0), Node(bus)
+    entry = EntryOptions(duration=60)
+    cache_a, cache_b = (
+        HybridCache(
+            CacheOptions(name="shop", default_entry_options=entry),
+            backplane=EventBrokerBackplane(n.registry, n.broker),
+        )
+        for n in (a, b)
+    )
     with a.broker, b.broker:
+        cache_b.set("price", "old")
         bus.refuse_connections(10)
         bus.cut_connections()
         accepted, errors = [], []
@@ -186,9 +197,15 @@ def test_broker_down_raise_errors_are_clear_or_the_event_arrives_after(
         assert errors, "publishing never failed although the broker was down for 10 s"
         assert all("unreachable" in e and "publish_deadline" in e for e in errors)
         assert accepted
+        cache_a.set("price", "new")  # the backplane publish fails: queued for auto-recovery
+        assert cache_a.auto_recovery_pending == ["price"]
         b.wait_for(lambda: set(accepted) <= set(b.params()), seconds=60)
         assert all(count == 1 for count in b.params().values())
         assert any(m.reason is MissedReason.RECONNECT for m in b.missed)
+        _eventually(lambda: not cache_a.auto_recovery_pending)  # replayed
+        _eventually(lambda: not cache_b.try_get("price").has_value)  # b's copy is not served
+        cache_a.close()
+        cache_b.close()
 
 
 def test_poison_messages_are_dead_lettered_with_a_reason_and_the_loop_goes_on(
