@@ -72,8 +72,19 @@ class Node:
 
 
 @pytest.fixture
-def bus(servicebus_broker: LoopbackServiceBus) -> LoopbackServiceBus:
-    return servicebus_broker
+def bus() -> Iterator[LoopbackServiceBus]:
+    """A broker with a short lock duration: messages a receiver held when its connection broke
+    (prefetched, or dispatched but not yet completed) come back once their lock expires, as on
+    Service Bus (default 60 s); 3 s keeps these tests short."""
+    broker = LoopbackServiceBus(lock_duration=3.0)
+    try:
+        broker.start()
+    except Exception as exc:
+        pytest.fail(f"cannot start the loopback Service Bus broker: {exc!r}")
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 @pytest.fixture
