@@ -253,3 +253,31 @@ async def test_own_message_rule_drops_own_messages_broker_side(bus: LoopbackServ
         assert b"from a" not in sink_a.bodies
     finally:
         await asyncio.gather(a.stop(), b.stop())
+
+
+class FailingSink(RecordingSink):
+    """A sink with a bug: it raises on bodies starting with b"boom"."""
+
+    def deliver(self, body: bytes) -> asyncio.Future[Rejection | None]:
+        if body.startswith(b"boom"):
+            raise RuntimeError("sink bug")
+        return super().deliver(body)
+
+
+async def test_a_failing_sink_dead_letters_the_message_and_receiving_goes_on(
+    bus: LoopbackServiceBus,
+) -> None:
+    a, b = ServiceBusTransport(sb_options(bus)), ServiceBusTransport(sb_options(bus))
+    sink_a, sink_b = RecordingSink(), FailingSink()
+    await asyncio.gather(a.start(sink_a), b.start(sink_b))
+    try:
+        a.publish(message(b"boom"))
+        a.publish(message(b"after"))
+        await sink_b.wait_for(lambda: b"after" in sink_b.bodies)
+        assert b.subscription_name is not None
+        # "boom" was dead-lettered (outcome confirmed) before "after" was received
+        dead = bus.dead_letters("events", b.subscription_name)
+        assert [(d.body, d.reason) for d in dead] == [(b"boom", "delivery_failed")]
+        assert sink_b.states == [ConnectionState.CONNECTED]  # no reconnect for a sink bug
+    finally:
+        await asyncio.gather(a.stop(), b.stop())

@@ -445,12 +445,17 @@ class ServiceBusTransport:
         """Hand the body to the sink (verification runs now, in receive order)."""
         assert self._sink is not None
         body = _body_bytes(message)
-        if body is not None:
-            return self._sink.deliver(body)
+        if body is None:
+            rejection = Rejection(
+                "malformed", f"message body type {message.body_type} is not binary data"
+            )
+        else:
+            try:
+                return self._sink.deliver(body)
+            except Exception as exc:
+                rejection = _delivery_failed(message, exc)
         outcome: asyncio.Future[Rejection | None] = asyncio.get_running_loop().create_future()
-        outcome.set_result(
-            Rejection("malformed", f"message body type {message.body_type} is not binary data")
-        )
+        outcome.set_result(rejection)
         return outcome
 
     async def _settle(
@@ -459,11 +464,12 @@ class ServiceBusTransport:
         message: ServiceBusReceivedMessage,
         outcome: asyncio.Future[Rejection | None],
     ) -> None:
+        if outcome.cancelled():  # not settled: the message comes again once its lock expires
+            return
         try:
-            rejection = await outcome
-        except Exception as exc:  # the sink's bug: do not lose the message, let it be redelivered
-            _log.exception("delivering Service Bus message %s failed", message.message_id)
-            rejection = Rejection("delivery_failed", f"{type(exc).__name__}: {exc}")
+            rejection = outcome.result()
+        except Exception as exc:
+            rejection = _delivery_failed(message, exc)
         try:
             if rejection is None:
                 await receiver.complete_message(message)
@@ -541,6 +547,12 @@ class ServiceBusTransport:
             await _close_quietly(client)
         if self._owns_credential and self._credential is not None:
             await _close_quietly(self._credential)
+
+
+def _delivery_failed(message: ServiceBusReceivedMessage, exc: Exception) -> Rejection:
+    """The sink failed (its bug): log it; the message is dead-lettered and receiving goes on."""
+    _log.error("delivering Service Bus message %s failed", message.message_id, exc_info=exc)
+    return Rejection("delivery_failed", f"{type(exc).__name__}: {exc}")
 
 
 def _body_bytes(message: ServiceBusReceivedMessage) -> bytes | None:
