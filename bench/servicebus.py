@@ -1,9 +1,10 @@
 """Benchmark: ServiceBusTransport over the loopback Service Bus broker (prints figures and ratios).
 
-    python -m bench.servicebus [--latency-samples 200] [--events 2000]
+    python -m bench.servicebus [--latency-samples 300] [--events 1500] [--rounds 3]
 
 The loopback broker runs in its own process (as in local multi-process development), so its
-CPU does not compete for this process's GIL. Three setups, in the same run:
+CPU does not compete for this process's GIL. The setups below run in the same process, each on
+its own topic, interleaved round after round (the machine's load changes hit them alike):
 
 1. ours: two EventBrokers with ServiceBusTransport (default batching); a handler on the second
    (a plain one, run on the broker's dispatcher thread; and an ``async def`` one, run on its
@@ -25,13 +26,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,10 @@ from eventbroker.servicebus._admin import Provisioner, admin_client
 
 EVENT = uuid.UUID("b0b0b0b0-0000-4000-8000-000000000001")
 RAISER = uuid.UUID("b0b0b0b0-0000-4000-8000-000000000002")
-TOPIC = "bench"
 BODY = b"x" * 400  # about the size of a signed envelope
 
 
-@contextmanager
+@contextlib.contextmanager
 def loopback_process() -> Iterator[tuple[str, str]]:
     """The loopback broker in a child process: (connection string, admin endpoint)."""
     process = subprocess.Popen(
@@ -83,11 +83,17 @@ class Pair:
     """Two EventBrokers over ServiceBusTransport; the second's handler counts arrivals."""
 
     def __init__(
-        self, conn: str, admin: str, *, async_handler: bool = False, **sender_options: Any
+        self,
+        conn: str,
+        admin: str,
+        topic: str,
+        *,
+        async_handler: bool = False,
+        **sender_options: Any,
     ) -> None:
         def options(**extra: Any) -> ServiceBusOptions:
             return ServiceBusOptions(
-                connection_string=conn, administration_endpoint=admin, topic=TOPIC, **extra
+                connection_string=conn, administration_endpoint=admin, topic=topic, **extra
             )
 
         self.sender = ServiceBusTransport(options(**sender_options))
@@ -163,10 +169,11 @@ class BarePair:
     main thread starts sends and waits, as with ``raise_``.
     """
 
-    def __init__(self, conn: str, admin: str) -> None:
+    def __init__(self, conn: str, admin: str, topic: str) -> None:
         self.conn = conn
+        self.topic = topic
         self.options = ServiceBusOptions(
-            connection_string=conn, administration_endpoint=admin, topic=TOPIC
+            connection_string=conn, administration_endpoint=admin, topic=topic
         )
         self.names = [f"bare-{uuid.uuid4().hex[:8]}" for _ in range(2)]
         self.loops = [asyncio.new_event_loop() for _ in range(2)]
@@ -186,7 +193,7 @@ class BarePair:
             thread.start()
         self._on(0, self._provision(create=True))
         self.clients = [ServiceBusClient.from_connection_string(self.conn) for _ in range(3)]
-        self.sender = self.clients[0].get_topic_sender(TOPIC)
+        self.sender = self.clients[0].get_topic_sender(self.topic)
         self._on(0, self.sender.__aenter__())
         self.tasks = [
             asyncio.run_coroutine_threadsafe(self._drain(index), self.loops[index])
@@ -218,7 +225,7 @@ class BarePair:
 
     async def _drain(self, index: int) -> None:
         receiver = self.clients[index + 1].get_subscription_receiver(
-            TOPIC,
+            self.topic,
             self.names[index],
             receive_mode=ServiceBusReceiveMode.PEEK_LOCK,
             prefetch_count=100,
@@ -271,48 +278,69 @@ class BarePair:
         return events / sent, events / (self.arrived_at - start)
 
 
+def _median(values: list[float]) -> float:
+    return _percentile(values, 0.5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--latency-samples", type=int, default=200)
-    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--latency-samples", type=int, default=300)
+    parser.add_argument("--events", type=int, default=1500)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    with loopback_process() as (conn, admin):
-        with Pair(conn, admin) as pair:
-            pair.latency(20)  # warm-up
-            ours_lat = pair.latency(args.latency_samples)
-            ours_sent, ours_delivered = pair.throughput(args.events)
-        with Pair(conn, admin, async_handler=True) as pair:
-            pair.latency(20)
-            async_lat = pair.latency(args.latency_samples)
-            _, async_delivered = pair.throughput(args.events)
-        with Pair(conn, admin, max_batch_messages=1) as single:
-            single_sent, single_delivered = single.throughput(args.events)
-        with BarePair(conn, admin) as bare:
-            bare.latency(20)  # warm-up
-            bare_lat = bare.latency(args.latency_samples)
-            bare_sent, bare_delivered = bare.throughput(args.events)
+    names = ("ours", "async", "single", "bare")
+    latency: dict[str, list[float]] = {name: [] for name in names}
+    sent: dict[str, list[float]] = {name: [] for name in names}
+    delivered: dict[str, list[float]] = {name: [] for name in names}
+    with loopback_process() as (conn, admin), contextlib.ExitStack() as stack:
+        # every setup has its own topic; they run interleaved, round after round, so a change
+        # in the machine's load (shared CPUs) hits them alike
+        setups: dict[str, Pair | BarePair] = {
+            "ours": stack.enter_context(Pair(conn, admin, "bench-ours")),
+            "async": stack.enter_context(Pair(conn, admin, "bench-async", async_handler=True)),
+            "single": stack.enter_context(Pair(conn, admin, "bench-single", max_batch_messages=1)),
+            "bare": stack.enter_context(BarePair(conn, admin, "bench-bare")),
+        }
+        for setup in setups.values():
+            setup.latency(20)  # warm-up
+        for _ in range(args.rounds):
+            for name, setup in setups.items():
+                if name != "single":
+                    latency[name] += setup.latency(args.latency_samples // args.rounds)
+                rate_sent, rate_delivered = setup.throughput(args.events)
+                sent[name].append(rate_sent)
+                delivered[name].append(rate_delivered)
 
-    def ms(values: list[float], q: float) -> str:
-        return f"p50 {_percentile(values, 0.5) * 1000:6.2f} ms  p99 {_percentile(values, q) * 1000:6.2f} ms"
+    def ms(values: list[float]) -> str:
+        return f"p50 {_percentile(values, 0.5) * 1000:6.2f} ms  p99 {_percentile(values, 0.99) * 1000:6.2f} ms"
 
-    print(f"latency  ours                {ms(ours_lat, 0.99)}")
-    print(f"latency  ours, async handler {ms(async_lat, 0.99)}")
-    print(f"latency  bare aio SDK        {ms(bare_lat, 0.99)}")
-    print(f"events/s ours batched        sent {ours_sent:7.0f}  delivered {ours_delivered:7.0f}")
+    rate = {name: (_median(sent[name]), _median(delivered[name])) for name in names}
+    p50 = {name: _percentile(latency[name], 0.5) for name in ("ours", "async", "bare")}
+    print(f"publish-to-remote-handler latency ({args.latency_samples} samples each)")
+    print(f"  ours, plain handler          {ms(latency['ours'])}")
+    print(f"  ours, async handler          {ms(latency['async'])}")
+    print(f"  bare aio SDK                 {ms(latency['bare'])}")
+    print(f"events/s, median of {args.rounds} runs of {args.events}: sent / delivered")
+    for name, label in (
+        ("ours", "ours, batched"),
+        ("async", "ours, batched, async handler"),
+        ("single", "ours, one message per send"),
+        ("bare", "bare aio SDK, batched"),
+    ):
+        print(f"  {label:29}{rate[name][0]:7.0f} / {rate[name][1]:5.0f}")
+    print("ratios")
     print(
-        f"events/s ours 1 per send     sent {single_sent:7.0f}  delivered {single_delivered:7.0f}"
+        f"  batched / one-per-send, sent       {rate['ours'][0] / rate['single'][0]:5.2f}x  (target >= 5x)"
     )
-    print(f"events/s bare aio SDK        sent {bare_sent:7.0f}  delivered {bare_delivered:7.0f}")
-    print(f"batched / one-per-send, sent       {ours_sent / single_sent:5.2f}x  (target >= 5x)")
-    print(f"batched / one-per-send, delivered  {ours_delivered / single_delivered:5.2f}x")
+    print(f"  batched / one-per-send, delivered  {rate['ours'][1] / rate['single'][1]:5.2f}x")
     print(
-        f"ours / bare SDK, delivered         {ours_delivered / bare_delivered:5.2f}x  (target >= 0.8x)"
+        f"  ours / bare SDK, delivered         {rate['ours'][1] / rate['bare'][1]:5.2f}x  (target >= 0.8x)"
     )
-    print(f"ours async handler / bare, delivered {async_delivered / bare_delivered:5.2f}x")
-    p50 = _percentile(ours_lat, 0.5) / _percentile(bare_lat, 0.5)
-    print(f"ours / bare SDK, p50 latency       {p50:5.2f}x  (target <= 1.25x)")
-    p50 = _percentile(async_lat, 0.5) / _percentile(bare_lat, 0.5)
-    print(f"ours async handler / bare, p50     {p50:5.2f}x")
+    print(f"  ours async / bare SDK, delivered   {rate['async'][1] / rate['bare'][1]:5.2f}x")
+    print(
+        f"  ours / bare SDK, p50 latency       {p50['ours'] / p50['bare']:5.2f}x  (target <= 1.25x)"
+    )
+    print(f"  ours async / bare SDK, p50 latency {p50['async'] / p50['bare']:5.2f}x")
 
 
 if __name__ == "__main__":
