@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime
 import signal
@@ -485,3 +486,21 @@ def test_command_line_prints_a_working_connection_string() -> None:
 def test_a_taken_port_is_a_clear_error(servicebus_broker: LoopbackServiceBus) -> None:
     with pytest.raises(OSError, match="pick another port"):
         LoopbackServiceBus(port=servicebus_broker.port).start()
+
+
+def test_api_is_thread_safe(servicebus_broker: LoopbackServiceBus) -> None:
+    broker = servicebus_broker
+    broker.create_topic("events")
+    broker.create_subscription("events", "all")
+
+    def work(worker: int) -> None:
+        for i in range(25):
+            broker.inject("events", f"{worker}-{i}".encode())
+            broker.create_subscription("events", f"w{worker}-{i}")
+            broker.delete_subscription("events", f"w{worker}-{i}")
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(4)))
+    assert broker.message_count("events/Subscriptions/all") == 100
+    assert broker.subscription_names("events") == ["all"]
+    assert "running" in repr(broker)

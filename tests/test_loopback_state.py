@@ -122,3 +122,14 @@ def test_expired_messages_are_swept_or_dead_lettered() -> None:
     assert keep.dead_letter is not None
     (dead,) = keep.dead_letter.messages.values()
     assert b"TTLExpiredException" in dead.message.bare
+
+
+def test_topic_time_to_live_caps_its_subscriptions() -> None:
+    now = [1_000.0]
+    state = BrokerState(lock_duration=LOCK, max_delivery_count=MAX_DELIVERIES, clock=lambda: now[0])
+    state.create_topic("t", EntityProperties(default_message_time_to_live=60))
+    sub = state.create_subscription("t", "s")
+    state.publish(state.topics["t"], [StoredMessage(b"\x00\x53\x75\xa0\x01x")])
+    now[0] += 61
+    assert state.next_available(sub, now[0]) is None
+    assert sub.messages == {}

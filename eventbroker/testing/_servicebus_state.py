@@ -99,8 +99,10 @@ class Entity:
         self.deleted = False
         self.rules: dict[str, Rule] = {"$default": DEFAULT_RULE}  # subscriptions only
 
-    def enqueue(self, message: StoredMessage, now: float) -> Entry:
-        ttl = self.properties.default_message_time_to_live
+    def enqueue(self, message: StoredMessage, now: float, max_ttl: float = FOREVER) -> Entry:
+        """Store ``message``; it lives for the least of its own time-to-live, this entity's
+        DefaultMessageTimeToLive and ``max_ttl`` (the topic's)."""
+        ttl = min(self.properties.default_message_time_to_live, max_ttl)
         if message.ttl_ms is not None:
             ttl = min(ttl, message.ttl_ms / 1000.0)
         entry = Entry(message, self.next_sequence, now, ttl)
@@ -234,6 +236,7 @@ class BrokerState:
             self.on_available(target)
             return
         views: list[MessageView | None] = [None] * len(messages)
+        topic_ttl = target.properties.default_message_time_to_live
         for entity in target.subscriptions.values():
             rules = entity.rules.values()
             accepts_all = any(rule.accepts_all for rule in rules)
@@ -245,7 +248,7 @@ class BrokerState:
                         view = views[i] = _view(message)
                     if not any(rule.matches(view) for rule in rules):
                         continue
-                entity.enqueue(message, now)
+                entity.enqueue(message, now, topic_ttl)
                 taken = True
             if taken:
                 self.on_available(entity)
