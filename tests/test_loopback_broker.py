@@ -504,3 +504,19 @@ def test_api_is_thread_safe(servicebus_broker: LoopbackServiceBus) -> None:
     assert broker.message_count("events/Subscriptions/all") == 100
     assert broker.subscription_names("events") == ["all"]
     assert "running" in repr(broker)
+
+
+def test_refused_connections_come_back_by_themselves(
+    servicebus_broker: LoopbackServiceBus,
+) -> None:
+    servicebus_broker.refuse_connections(0.3)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", servicebus_broker.port), timeout=1)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", servicebus_broker.port), timeout=1).close()
+            break
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline, "the listener never reopened"
+            time.sleep(0.05)
