@@ -339,11 +339,11 @@ class BrokerState:
     def dead_letter(
         self, entity: Entity, entry: Entry, reason: str | None, description: str | None
     ) -> None:
-        entity.messages.pop(entry.sequence_number, None)
         dlq = entity.dead_letter
         if dlq is None:  # dead-lettering from a dead-letter queue: the message stays there
             self._make_available(entity, entry)
             return
+        entity.messages.pop(entry.sequence_number, None)
         moved = dlq.enqueue(
             with_dead_letter_properties(entry.message, entity.path, reason, description),
             self.clock(),
