@@ -328,6 +328,27 @@ def test_administration_client_manages_subscriptions(broker: LoopbackServiceBus)
     assert sorted(broker.topic_names()) == ["events", "other"]
 
 
+def test_administration_client_manages_queues_and_reports_counts(
+    broker: LoopbackServiceBus,
+) -> None:
+    broker.inject("events", b"one")
+    broker.inject("events", b"two")
+    with administration_client(broker.connection_string, broker.admin_endpoint) as admin:
+        runtime = admin.get_subscription_runtime_properties("events", "s1")
+        assert (runtime.active_message_count, runtime.dead_letter_message_count) == (2, 0)
+        assert admin.get_topic_runtime_properties("events").subscription_count == 1
+        queue = admin.create_queue("jobs", max_delivery_count=4)
+        assert (queue.name, queue.max_delivery_count) == ("jobs", 4)
+        with pytest.raises(ResourceExistsError):
+            admin.create_queue("jobs")
+        assert [q.name for q in admin.list_queues()] == ["jobs"]
+        assert admin.get_queue("jobs").max_delivery_count == 4
+        admin.delete_queue("jobs")
+        with pytest.raises(ResourceNotFoundError):
+            admin.get_queue("jobs")
+    assert broker.queue_names() == []
+
+
 def test_subscription_rules_filter_what_a_subscription_gets(
     broker: LoopbackServiceBus, client: ServiceBusClient
 ) -> None:
