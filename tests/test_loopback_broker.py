@@ -233,9 +233,14 @@ def test_renew_lock_and_peek(
         clock.advance(30)
         after = receiver.renew_message_lock(messages[0])
         assert after > before
-        clock.advance(40)  # past the first lock, inside the renewed one
+        clock.advance(40)  # past the first locks, inside the renewed one
         receiver.complete_message(messages[0])  # still ours: renewed
         for message in messages[1:]:
+            with pytest.raises(MessageLockLostError):
+                receiver.complete_message(message)
+        again = _receive(receiver, 2)
+        assert sorted((str(m), m.delivery_count) for m in again) == [("p2", 1), ("p3", 1)]
+        for message in again:
             receiver.complete_message(message)
     assert broker.message_count("events/Subscriptions/s1") == 0
 

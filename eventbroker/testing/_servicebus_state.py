@@ -297,9 +297,10 @@ class BrokerState:
 
         Returns False when the lock is unknown or already lost.
         """
-        entry = entity.locked.pop(token, None)
+        entry = self._held(entity, token)
         if entry is None:
             return False
+        del entity.locked[token]
         entity.last_activity = self.clock()
         entry.lock_token = None
         if outcome == "complete":
@@ -312,8 +313,21 @@ class BrokerState:
             self._failed_attempt(entity, entry)
         return True
 
-    def renew(self, entity: Entity, token: uuid.UUID, now: float) -> float | None:
+    def _held(self, entity: Entity, token: uuid.UUID) -> Entry | None:
+        """The entry ``token`` still locks, or None; a lock past its time is lost right here
+        (the periodic expiry may not have run yet)."""
         entry = entity.locked.get(token)
+        if entry is None:
+            return None
+        if entry.locked_until <= self.clock():
+            del entity.locked[token]
+            entry.lock_token = None
+            self._failed_attempt(entity, entry)
+            return None
+        return entry
+
+    def renew(self, entity: Entity, token: uuid.UUID, now: float) -> float | None:
+        entry = self._held(entity, token)
         if entry is None:
             return None
         entry.locked_until = now + entity.properties.lock_duration
