@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime
 import signal
@@ -232,9 +233,14 @@ def test_renew_lock_and_peek(
         clock.advance(30)
         after = receiver.renew_message_lock(messages[0])
         assert after > before
-        clock.advance(40)  # past the first lock, inside the renewed one
+        clock.advance(40)  # past the first locks, inside the renewed one
         receiver.complete_message(messages[0])  # still ours: renewed
         for message in messages[1:]:
+            with pytest.raises(MessageLockLostError):
+                receiver.complete_message(message)
+        again = _receive(receiver, 2)
+        assert sorted((str(m), m.delivery_count) for m in again) == [("p2", 1), ("p3", 1)]
+        for message in again:
             receiver.complete_message(message)
     assert broker.message_count("events/Subscriptions/s1") == 0
 
@@ -325,6 +331,27 @@ def test_administration_client_manages_subscriptions(broker: LoopbackServiceBus)
             admin.delete_subscription("events", "web-1")
     assert broker.subscription_names("events") == ["s1"]
     assert sorted(broker.topic_names()) == ["events", "other"]
+
+
+def test_administration_client_manages_queues_and_reports_counts(
+    broker: LoopbackServiceBus,
+) -> None:
+    broker.inject("events", b"one")
+    broker.inject("events", b"two")
+    with administration_client(broker.connection_string, broker.admin_endpoint) as admin:
+        runtime = admin.get_subscription_runtime_properties("events", "s1")
+        assert (runtime.active_message_count, runtime.dead_letter_message_count) == (2, 0)
+        assert admin.get_topic_runtime_properties("events").subscription_count == 1
+        queue = admin.create_queue("jobs", max_delivery_count=4)
+        assert (queue.name, queue.max_delivery_count) == ("jobs", 4)
+        with pytest.raises(ResourceExistsError):
+            admin.create_queue("jobs")
+        assert [q.name for q in admin.list_queues()] == ["jobs"]
+        assert admin.get_queue("jobs").max_delivery_count == 4
+        admin.delete_queue("jobs")
+        with pytest.raises(ResourceNotFoundError):
+            admin.get_queue("jobs")
+    assert broker.queue_names() == []
 
 
 def test_subscription_rules_filter_what_a_subscription_gets(
@@ -485,3 +512,37 @@ def test_command_line_prints_a_working_connection_string() -> None:
 def test_a_taken_port_is_a_clear_error(servicebus_broker: LoopbackServiceBus) -> None:
     with pytest.raises(OSError, match="pick another port"):
         LoopbackServiceBus(port=servicebus_broker.port).start()
+
+
+def test_api_is_thread_safe(servicebus_broker: LoopbackServiceBus) -> None:
+    broker = servicebus_broker
+    broker.create_topic("events")
+    broker.create_subscription("events", "all")
+
+    def work(worker: int) -> None:
+        for i in range(25):
+            broker.inject("events", f"{worker}-{i}".encode())
+            broker.create_subscription("events", f"w{worker}-{i}")
+            broker.delete_subscription("events", f"w{worker}-{i}")
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(4)))
+    assert broker.message_count("events/Subscriptions/all") == 100
+    assert broker.subscription_names("events") == ["all"]
+    assert "running" in repr(broker)
+
+
+def test_refused_connections_come_back_by_themselves(
+    servicebus_broker: LoopbackServiceBus,
+) -> None:
+    servicebus_broker.refuse_connections(0.3)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", servicebus_broker.port), timeout=1)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", servicebus_broker.port), timeout=1).close()
+            break
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline, "the listener never reopened"
+            time.sleep(0.05)

@@ -27,11 +27,13 @@ class BrokerModel(RuleBasedStateMachine):
         )
         self.state.create_topic("t")
         self.subs = [self.state.create_subscription("t", name) for name in ("a", "b")]
+        # receivers may also take messages from the dead-letter queues (indexes 2 and 3)
+        self.queues = [*self.subs, *(s.dead_letter for s in self.subs if s.dead_letter)]
         self.published = 0
         self.completed: dict[str, set[int]] = {"a": set(), "b": set()}
 
-    def _name(self, sub: Entity) -> str:
-        return sub.path.rsplit("/", 1)[1]
+    def _name(self, entity: Entity) -> str:
+        return entity.path.split("/")[2]  # t/Subscriptions/<name>[/$DeadLetterQueue]
 
     @staticmethod
     def _marker(message: StoredMessage) -> int:
@@ -45,38 +47,35 @@ class BrokerModel(RuleBasedStateMachine):
             batch.append(StoredMessage(b"\x00\x53\x75\xa0\x04" + self.published.to_bytes(4, "big")))
         self.state.publish(self.state.topics["t"], batch)
 
-    @rule(index=st.integers(0, 1))
+    @rule(index=st.integers(0, 3))
     def lock_next(self, index: int) -> None:
-        sub = self.subs[index]
+        sub = self.queues[index]
         entry = self.state.next_available(sub, self.now)
         if entry is not None:
             self.state.lock(sub, entry, self.now)
 
-    @precondition(lambda self: any(s.locked for s in self.subs))
+    @precondition(lambda self: any(q.locked for q in self.queues))
     @rule(
-        index=st.integers(0, 1),
         pick=st.integers(0, 100),
         outcome=st.sampled_from(["complete", "abandon", "release", "dead-letter"]),
     )
-    def settle(self, index: int, pick: int, outcome: str) -> None:
-        sub = self.subs[index]
-        if not sub.locked:
-            return
-        token = list(sub.locked)[pick % len(sub.locked)]
-        marker = self._marker(sub.locked[token].message)
-        assert self.state.settle(sub, token, outcome, reason="r", description="d")
+    def settle(self, pick: int, outcome: str) -> None:
+        held = [(q, token) for q in self.queues for token in q.locked]
+        queue, token = held[pick % len(held)]
+        marker = self._marker(queue.locked[token].message)
+        assert self.state.settle(queue, token, outcome, reason="r", description="d")
         if outcome == "complete":
-            self.completed[self._name(sub)].add(marker)
-        assert not self.state.settle(sub, token, "complete")  # a lock settles once
+            self.completed[self._name(queue)].add(marker)
+        assert not self.state.settle(queue, token, "complete")  # a lock settles once
 
     @rule(seconds=st.floats(0, 2 * LOCK))
     def time_passes(self, seconds: float) -> None:
         self.now += seconds
         self.state.expire_locks(self.now)
 
-    @rule(index=st.integers(0, 1))
+    @rule(index=st.integers(0, 3))
     def unknown_lock_is_lost(self, index: int) -> None:
-        assert not self.state.settle(self.subs[index], uuid.uuid4(), "complete")
+        assert not self.state.settle(self.queues[index], uuid.uuid4(), "complete")
 
     @invariant()
     def every_message_exactly_once(self) -> None:
@@ -89,16 +88,17 @@ class BrokerModel(RuleBasedStateMachine):
 
     @invariant()
     def locks_and_availability_agree(self) -> None:
-        for sub in self.subs:
+        for sub in self.queues:
             locked = {id(e) for e in sub.locked.values()}
             assert locked == {id(e) for e in sub.messages.values() if e.lock_token is not None}
             available = {id(e) for e in sub.available}
             assert {id(e) for e in sub.messages.values() if e.lock_token is None} <= available
-            assert all(e.attempts < MAX_DELIVERIES for e in sub.messages.values())
+            if sub.dead_letter is not None:  # a DLQ keeps what fails there
+                assert all(e.attempts < MAX_DELIVERIES for e in sub.messages.values())
             assert all(e.locked_until > self.now for e in sub.locked.values())
 
 
-BrokerModel.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+BrokerModel.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
 TestBrokerModel = BrokerModel.TestCase
 
 
@@ -122,3 +122,14 @@ def test_expired_messages_are_swept_or_dead_lettered() -> None:
     assert keep.dead_letter is not None
     (dead,) = keep.dead_letter.messages.values()
     assert b"TTLExpiredException" in dead.message.bare
+
+
+def test_topic_time_to_live_caps_its_subscriptions() -> None:
+    now = [1_000.0]
+    state = BrokerState(lock_duration=LOCK, max_delivery_count=MAX_DELIVERIES, clock=lambda: now[0])
+    state.create_topic("t", EntityProperties(default_message_time_to_live=60))
+    sub = state.create_subscription("t", "s")
+    state.publish(state.topics["t"], [StoredMessage(b"\x00\x53\x75\xa0\x01x")])
+    now[0] += 61
+    assert state.next_available(sub, now[0]) is None
+    assert sub.messages == {}

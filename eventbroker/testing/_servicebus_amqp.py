@@ -374,6 +374,10 @@ class AmqpBroker(Handler):
         except _Refused as exc:
             delivery.local.condition = Condition(exc.condition, exc.description)
             delivery.update(Delivery.REJECTED)
+        except Exception as exc:  # a request proton cannot decode, or a bug: answer, go on
+            _log.warning("loopback Service Bus rejected a %s transfer: %r", role, exc)
+            delivery.local.condition = Condition("amqp:internal-error", repr(exc))
+            delivery.update(Delivery.REJECTED)
         delivery.settle()
         full = _PUBLISH_CREDIT if role == "publish" else _REQUEST_CREDIT
         if link.credit < full // 2:

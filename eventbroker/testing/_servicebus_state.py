@@ -99,8 +99,10 @@ class Entity:
         self.deleted = False
         self.rules: dict[str, Rule] = {"$default": DEFAULT_RULE}  # subscriptions only
 
-    def enqueue(self, message: StoredMessage, now: float) -> Entry:
-        ttl = self.properties.default_message_time_to_live
+    def enqueue(self, message: StoredMessage, now: float, max_ttl: float = FOREVER) -> Entry:
+        """Store ``message``; it lives for the least of its own time-to-live, this entity's
+        DefaultMessageTimeToLive and ``max_ttl`` (the topic's)."""
+        ttl = min(self.properties.default_message_time_to_live, max_ttl)
         if message.ttl_ms is not None:
             ttl = min(ttl, message.ttl_ms / 1000.0)
         entry = Entry(message, self.next_sequence, now, ttl)
@@ -234,6 +236,7 @@ class BrokerState:
             self.on_available(target)
             return
         views: list[MessageView | None] = [None] * len(messages)
+        topic_ttl = target.properties.default_message_time_to_live
         for entity in target.subscriptions.values():
             rules = entity.rules.values()
             accepts_all = any(rule.accepts_all for rule in rules)
@@ -245,7 +248,7 @@ class BrokerState:
                         view = views[i] = _view(message)
                     if not any(rule.matches(view) for rule in rules):
                         continue
-                entity.enqueue(message, now)
+                entity.enqueue(message, now, topic_ttl)
                 taken = True
             if taken:
                 self.on_available(entity)
@@ -294,9 +297,10 @@ class BrokerState:
 
         Returns False when the lock is unknown or already lost.
         """
-        entry = entity.locked.pop(token, None)
+        entry = self._held(entity, token)
         if entry is None:
             return False
+        del entity.locked[token]
         entity.last_activity = self.clock()
         entry.lock_token = None
         if outcome == "complete":
@@ -309,8 +313,21 @@ class BrokerState:
             self._failed_attempt(entity, entry)
         return True
 
-    def renew(self, entity: Entity, token: uuid.UUID, now: float) -> float | None:
+    def _held(self, entity: Entity, token: uuid.UUID) -> Entry | None:
+        """The entry ``token`` still locks, or None; a lock past its time is lost right here
+        (the periodic expiry may not have run yet)."""
         entry = entity.locked.get(token)
+        if entry is None:
+            return None
+        if entry.locked_until <= self.clock():
+            del entity.locked[token]
+            entry.lock_token = None
+            self._failed_attempt(entity, entry)
+            return None
+        return entry
+
+    def renew(self, entity: Entity, token: uuid.UUID, now: float) -> float | None:
+        entry = self._held(entity, token)
         if entry is None:
             return None
         entry.locked_until = now + entity.properties.lock_duration
@@ -336,11 +353,11 @@ class BrokerState:
     def dead_letter(
         self, entity: Entity, entry: Entry, reason: str | None, description: str | None
     ) -> None:
-        entity.messages.pop(entry.sequence_number, None)
         dlq = entity.dead_letter
         if dlq is None:  # dead-lettering from a dead-letter queue: the message stays there
             self._make_available(entity, entry)
             return
+        entity.messages.pop(entry.sequence_number, None)
         moved = dlq.enqueue(
             with_dead_letter_properties(entry.message, entity.path, reason, description),
             self.clock(),

@@ -184,6 +184,10 @@ class LoopbackServiceBus:
                 )
             self.start()
 
+    def __repr__(self) -> str:
+        state = "running" if self._amqp is not None else "stopped"
+        return f"<LoopbackServiceBus {state} amqp={self.host}:{self._port} admin={self.admin_endpoint}>"
+
     def __enter__(self) -> LoopbackServiceBus:
         self.start()
         return self
