@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -531,6 +532,11 @@ def main(argv: list[str] | None = None) -> int:
         lock_duration=args.lock_duration,
         max_delivery_count=args.max_delivery_count,
     )
+    try:
+        broker.start()
+    except OSError as error:  # a taken port: say so in one line, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     with broker:
         for topic in args.topic:
             broker.create_topic(topic)
