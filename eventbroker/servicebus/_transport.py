@@ -54,7 +54,9 @@ class SubscriptionVanishedError(Exception):
 _CLOSE_TIMEOUT = 5.0
 _CANCEL_GRACE = 0.2
 _SETTLE_POLL = 0.002
-"""Receive wait while dispatched messages await settlement (bounds their settle delay)."""
+"""Receive wait while dispatched messages await settlement (bounds their settle delay)..."""
+_SETTLE_POLL_MAX = 0.1
+"""...doubling up to this while a slow handler keeps them waiting."""
 
 
 class ServiceBusTransport:
@@ -350,6 +352,7 @@ class ServiceBusTransport:
         )
         unsettled = self._unsettled
         checked_at = time.monotonic()
+        poll = _SETTLE_POLL
         while not self._stopping:
             try:
                 if self._receiver is None:
@@ -357,7 +360,7 @@ class ServiceBusTransport:
                     await self._reconnect_receiver()
                 receiver = self._receiver
                 assert receiver is not None
-                await self._settle_ready(receiver)
+                settled = await self._settle_ready(receiver)
                 if len(unsettled) >= self.options.prefetch_count:
                     await asyncio.wait(
                         [outcome for _, outcome in unsettled],
@@ -365,11 +368,12 @@ class ServiceBusTransport:
                         return_when=asyncio.FIRST_COMPLETED,
                     )
                     continue
-                wait = _SETTLE_POLL if unsettled else self.options.receive_wait
-                for message in await receiver.receive_messages(
-                    max_message_count=1, max_wait_time=wait
-                ):
+                wait = poll if unsettled else self.options.receive_wait
+                messages = await receiver.receive_messages(max_message_count=1, max_wait_time=wait)
+                for message in messages:
                     unsettled.append((message, self._deliver(message)))
+                # a slow handler: poll for its outcome less and less often
+                poll = _SETTLE_POLL if messages or settled else min(poll * 2, _SETTLE_POLL_MAX)
                 backoff.reset()
                 if time.monotonic() - checked_at >= self.options.subscription_check_interval:
                     checked_at = time.monotonic()
@@ -383,15 +387,16 @@ class ServiceBusTransport:
                 await self._close_receiver()
                 await asyncio.sleep(backoff.next_delay())
 
-    async def _settle_ready(self, receiver: ServiceBusReceiver) -> None:
-        """Settle every message whose local dispatch has finished."""
+    async def _settle_ready(self, receiver: ServiceBusReceiver) -> int:
+        """Settle every message whose local dispatch has finished; how many there were."""
         unsettled = self._unsettled
         if not unsettled or not any(outcome.done() for _, outcome in unsettled):
-            return
+            return 0
         ready = [item for item in unsettled if item[1].done()]
         unsettled[:] = [item for item in unsettled if not item[1].done()]
         for message, outcome in ready:
             await self._settle(receiver, message, outcome)
+        return len(ready)
 
     async def _settle_unsettled_at_stop(self) -> None:
         """At stop: let dispatched messages finish (bounded), then settle them."""
