@@ -15,7 +15,7 @@ import datetime
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.core.pipeline.transport import HttpRequest, HttpResponse, RequestsTransport
@@ -43,12 +43,15 @@ class EndpointTransport(RequestsTransport):  # type: ignore[misc]
         self._base = urlsplit(base_url.rstrip("/"))
 
     def send(self, request: HttpRequest, **kwargs: Any) -> HttpResponse:
-        parts = urlsplit(request.url)
-        request.url = urlunsplit(
-            (self._base.scheme, self._base.netloc, self._base.path + parts.path, parts.query, "")
-        )
+        request.url = redirect_url(request.url, self._base)
         response: HttpResponse = super().send(request, **kwargs)
         return response
+
+
+def redirect_url(url: str, base: SplitResult) -> str:
+    """``url`` (the SDK always builds ``https://<namespace>/...``) sent to ``base`` instead."""
+    parts = urlsplit(url)
+    return urlunsplit((base.scheme, base.netloc, base.path + parts.path, parts.query, ""))
 
 
 class LoopBridgedCredential:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, overload
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from azure.core.pipeline.transport import AsyncioRequestsTransport, RequestsTransport
+from azure.core.pipeline.transport import AsyncioRequestsTransport
+
+from ..servicebus._admin import EndpointTransport, redirect_url
 
 if TYPE_CHECKING:
     from azure.servicebus.aio.management import (
@@ -16,30 +18,15 @@ if TYPE_CHECKING:
 __all__ = ["administration_client"]
 
 
-def _redirect(url: str, endpoint: str) -> str:
-    """Send ``url`` (always https://namespace/...) to ``endpoint``, keeping path and query."""
-    target = urlsplit(endpoint)
-    parts = urlsplit(url)
-    return urlunsplit((target.scheme, target.netloc, parts.path, parts.query, parts.fragment))
-
-
-class _RedirectingTransport(RequestsTransport):  # type: ignore[misc]
-    def __init__(self, endpoint: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._endpoint = endpoint
-
-    def send(self, request: Any, **kwargs: Any) -> Any:
-        request.url = _redirect(request.url, self._endpoint)
-        return super().send(request, **kwargs)
-
-
 class _AsyncRedirectingTransport(AsyncioRequestsTransport):  # type: ignore[misc]
+    """`EndpointTransport` for the ``aio`` administration client."""
+
     def __init__(self, endpoint: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._endpoint = endpoint
+        self._base = urlsplit(endpoint.rstrip("/"))
 
     async def send(self, request: Any, **kwargs: Any) -> Any:
-        request.url = _redirect(request.url, self._endpoint)
+        request.url = redirect_url(request.url, self._base)
         return await super().send(request, **kwargs)
 
 
@@ -87,5 +74,5 @@ def administration_client(
     from azure.servicebus.management import ServiceBusAdministrationClient as Client
 
     return Client.from_connection_string(
-        connection_string, transport=_RedirectingTransport(admin_endpoint), **kwargs
+        connection_string, transport=EndpointTransport(admin_endpoint), **kwargs
     )
