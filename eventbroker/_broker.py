@@ -31,10 +31,9 @@ import attrs
 
 from ._args import EventMissedEventArgs, EventNotification, EventReceivedEventArgs, MissedReason
 from ._envelope import (
-    VERSION,
-    Envelope,
     EnvelopeCodec,
     EnvelopeError,
+    envelope_fields,
     normalize_keys,
     to_wire_param,
 )
@@ -92,8 +91,8 @@ class _Sink:
     def deliver(self, body: bytes) -> asyncio.Future[Rejection | None]:
         return self._broker._deliver(body)
 
-    def connection_changed(self, state: ConnectionState) -> None:
-        self._broker._connection_changed(state)
+    def connection_changed(self, state: ConnectionState) -> asyncio.Future[None]:
+        return self._broker._connection_changed(state)
 
 
 class _LogLimiter:
@@ -267,19 +266,17 @@ class EventBroker:
         with self._send_lock:
             sequence = self._sequence + 1
             message_id = f"{self.instance_id}:{sequence}"  # unique: the instance id is random
-            body = self._codec.encode(
-                Envelope(
-                    version=VERSION,
-                    message_id=message_id,
-                    event_id=event_id,
-                    raiser_id=raiser_id,
-                    instance_id=self.instance_id,
-                    application_name=self.options.application_name,
-                    site_id=self.options.site_id,
-                    sequence=sequence,
-                    sent_at=now,
-                    param=wire_param,
-                    key_id=self._codec.signing_key_id,
+            body = self._codec.encode_fields(
+                envelope_fields(
+                    message_id,
+                    event_id,
+                    raiser_id,
+                    self.instance_id,
+                    self.options.application_name,
+                    self.options.site_id,
+                    sequence,
+                    now,
+                    wire_param,
                 )
             )
             self.transport.publish(TransportMessage(body, message_id, self.instance_id))
@@ -412,7 +409,7 @@ class EventBroker:
         task.add_done_callback(finished)
         return future
 
-    def _connection_changed(self, state: ConnectionState) -> None:
+    def _connection_changed(self, state: ConnectionState) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         logger.info("transport %s", state.value)
         emissions: list[tuple[Signal[Any], Any]] = [(self.connection_changed, state)]
@@ -424,7 +421,7 @@ class EventBroker:
             emissions += self._missed_emissions(
                 EventMissedEventArgs(MissedReason.SUBSCRIPTION_RECREATED)
             )
-        self._dispatch(loop, emissions)
+        return self._dispatch(loop, emissions)  # type: ignore[return-value]
 
     def _missed_emissions(self, args: EventMissedEventArgs) -> list[tuple[Signal[Any], Any]]:
         logger.warning(

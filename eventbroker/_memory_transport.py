@@ -15,7 +15,7 @@ from collections import deque
 
 import attrs
 
-from ._transport import ConnectionState, PublishError, TransportMessage, TransportSink
+from ._transport import ConnectionState, PublishError, Rejection, TransportMessage, TransportSink
 
 
 @attrs.frozen
@@ -52,7 +52,7 @@ class InMemoryHub:
         self._lock = threading.Lock()
         self._transports: list[InMemoryTransport] = []
         self._down = False
-        self.faults = faults or HubFaults()
+        self.faults = faults or _NO_FAULTS
 
     @property
     def faults(self) -> HubFaults:
@@ -114,7 +114,7 @@ class InMemoryHub:
             raise PublishError("the in-memory hub is down (InMemoryHub.go_down was called)")
         targets = [t for t in self._transports if t is not sender]
         faults = self._faults
-        if faults == _NO_FAULTS:
+        if faults is _NO_FAULTS:
             for target in targets:
                 target._enqueue(message.body)
             return
@@ -153,7 +153,8 @@ class InMemoryTransport:
         self._inbox: deque[bytes] = deque()
         self._held: list[bytes] = []
         self._scheduled = False
-        self._in_flight = 0  # delivered, dispatch not finished
+        self._delivering = False
+        self._in_flight: deque[asyncio.Future[Rejection | None]] = deque()  # may still run
         self._later = 0  # delayed, not yet in the inbox
 
     async def start(self, sink: TransportSink) -> None:
@@ -213,13 +214,27 @@ class InMemoryTransport:
     def _notify(self, state: ConnectionState) -> None:
         loop = self._loop
         sink = self._sink
-        if loop is not None and sink is not None:
-            loop.call_soon_threadsafe(sink.connection_changed, state)
+        if loop is None or sink is None:
+            return
+        with self._lock:
+            self._later += 1  # counts as busy until the broker's handlers ran
+
+        def notify() -> None:
+            with self._lock:
+                self._later -= 1
+                self._in_flight.append(sink.connection_changed(state))  # type: ignore[arg-type]
+
+        loop.call_soon_threadsafe(notify)
 
     def _busy(self) -> bool:
         with self._lock:
             return bool(
-                self._inbox or self._held or self._scheduled or self._in_flight or self._later
+                self._inbox
+                or self._held
+                or self._scheduled
+                or self._delivering
+                or self._later
+                or self._dispatching()
             )
 
     # -- broker loop ---------------------------------------------------------------------------
@@ -229,14 +244,18 @@ class InMemoryTransport:
             batch = list(self._inbox)
             self._inbox.clear()
             self._scheduled = False
-            self._in_flight += len(batch)
+            self._delivering = True  # taken from the inbox, not yet in flight: still busy
         sink = self._sink
-        for body in batch:
-            if sink is None:
-                self._finished(None)
-                continue
-            sink.deliver(body).add_done_callback(self._finished)
-
-    def _finished(self, _: object) -> None:
+        deliver = sink.deliver if sink is not None else None
+        futures = [deliver(body) for body in batch] if deliver is not None else []
         with self._lock:
-            self._in_flight -= 1
+            self._delivering = False
+            self._in_flight.extend(futures)
+            self._dispatching()  # forget finished ones: the deque stays short
+
+    def _dispatching(self) -> bool:
+        """Whether a delivered message's dispatch may still run (call with the lock held)."""
+        in_flight = self._in_flight
+        while in_flight and in_flight[0].done():
+            in_flight.popleft()
+        return bool(in_flight)

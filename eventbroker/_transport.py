@@ -75,7 +75,9 @@ class TransportSink(Protocol):
         """Process one received message; the future resolves once local dispatch is done."""
         ...
 
-    def connection_changed(self, state: ConnectionState) -> None: ...
+    def connection_changed(self, state: ConnectionState) -> asyncio.Future[None]:
+        """Report connectivity; the future resolves once the broker's handlers have run."""
+        ...
 
 
 @runtime_checkable
