@@ -475,6 +475,9 @@ def _go_down(amqp: AmqpBroker) -> None:
     amqp.cut_connections()
 
 
+_DEFAULT_PORT = 5672  # AMQP's, like Microsoft's emulator
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: start a broker, print how to reach it, run until Ctrl-C."""
     parser = argparse.ArgumentParser(
@@ -490,8 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--port",
         type=int,
-        default=int(env("EVENTBROKER_LOOPBACK_PORT", "5672")),
-        help="AMQP port (default 5672, 0 = any free port; env EVENTBROKER_LOOPBACK_PORT)",
+        default=int(port_env) if (port_env := env("EVENTBROKER_LOOPBACK_PORT")) else None,
+        help="AMQP port (default 5672, or any free port when 5672 is taken; 0 = any free "
+        "port; env EVENTBROKER_LOOPBACK_PORT)",
     )
     parser.add_argument(
         "--admin-port",
@@ -525,15 +529,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:  # proton logs every accepted connection, and peers that vanish
         logging.getLogger("proton").setLevel(logging.CRITICAL)
-    broker = LoopbackServiceBus(
-        args.host,
-        args.port,
-        args.admin_port,
-        lock_duration=args.lock_duration,
-        max_delivery_count=args.max_delivery_count,
-    )
+
+    def make(port: int) -> LoopbackServiceBus:
+        return LoopbackServiceBus(
+            args.host,
+            port,
+            args.admin_port,
+            lock_duration=args.lock_duration,
+            max_delivery_count=args.max_delivery_count,
+        )
+
+    broker = make(_DEFAULT_PORT if args.port is None else args.port)
     try:
-        broker.start()
+        try:
+            broker.start()
+        except OSError:
+            if args.port is not None:  # a port the user chose: no silent fallback
+                raise
+            logging.getLogger(__name__).warning(
+                "port %d is taken (another AMQP broker?); using a free port instead",
+                _DEFAULT_PORT,
+            )
+            broker = make(0)
+            broker.start()
     except OSError as error:  # a taken port: say so in one line, not a traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
