@@ -241,8 +241,8 @@ async def test_unreachable_namespace_fails_start_clearly() -> None:
 
 
 async def test_own_message_rule_drops_own_messages_broker_side(bus: LoopbackServiceBus) -> None:
-    a = ServiceBusTransport(sb_options(bus, filter_own_messages=True))
-    b = ServiceBusTransport(sb_options(bus))
+    a = ServiceBusTransport(sb_options(bus))  # the rule is on by default
+    b = ServiceBusTransport(sb_options(bus, filter_own_messages=False))  # own ones come back
     sink_a, sink_b = RecordingSink(), RecordingSink()
     async with running((a, sink_a), (b, sink_b)):
         a.publish(message(b"from a", source=sink_a.instance_id))

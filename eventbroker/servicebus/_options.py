@@ -110,8 +110,9 @@ class ServiceBusOptions:
     """Time-to-live of each sent message; ``None`` keeps the topic's default."""
     create_missing_topic: bool = attrs.field(default=True, metadata=_env("CREATE_MISSING_TOPIC"))
     """Create the topic at start when it does not exist (otherwise start fails)."""
-    filter_own_messages: bool = attrs.field(default=False, metadata=_env("FILTER_OWN_MESSAGES"))
-    """Add a SQL rule on ``sys.Label`` dropping this instance's messages broker-side."""
+    filter_own_messages: bool = attrs.field(default=True, metadata=_env("FILTER_OWN_MESSAGES"))
+    """Add a SQL rule on ``sys.Label`` dropping this instance's messages broker-side (fewer
+    operations billed, less CPU, lower latency; own messages are dropped client-side anyway)."""
     delete_subscription_on_stop: bool = attrs.field(
         default=True, metadata=_env("DELETE_SUBSCRIPTION_ON_STOP")
     )
