@@ -8,14 +8,12 @@ send ratio. Run from the repository root: `PYTHONPATH=. python bench/loopback_br
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
 from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusReceiveMode
 
-from eventbroker.testing import administration_client
+from eventbroker.testing import administration_client, broker_process
 
 N = 3000
 BATCH = 100
@@ -33,33 +31,11 @@ def _rate(count: int, run: Callable[[], int]) -> float:
 
 
 def main() -> None:
-    broker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "eventbroker.testing.servicebus_broker",
-            "--port",
-            "0",
-            "--topic",
-            "t",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert broker.stdout is not None
-        settings = dict(broker.stdout.readline().strip().split("=", 1) for _ in range(2))
-        connection_string = settings["SERVICEBUS_CONNECTION_STRING"]
-        with administration_client(
-            connection_string, settings["SERVICEBUS_ADMIN_ENDPOINT"]
-        ) as admin:
+    with broker_process("t") as (connection_string, admin_endpoint):
+        with administration_client(connection_string, admin_endpoint) as admin:
             admin.create_subscription("t", "lock")
             admin.create_subscription("t", "delete")
         run(connection_string)
-    finally:
-        broker.terminate()
-        broker.wait()
 
 
 def run(connection_string: str) -> None:

@@ -27,13 +27,9 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from azure.servicebus import ServiceBusMessage, ServiceBusReceiveMode
@@ -42,36 +38,11 @@ from azure.servicebus.aio import ServiceBusClient
 from eventbroker import EventBroker, EventBrokerOptions, EventRaiseOption, EventRegistry
 from eventbroker.servicebus import ServiceBusOptions, ServiceBusTransport
 from eventbroker.servicebus._admin import Provisioner, admin_client
+from eventbroker.testing import broker_process
 
 EVENT = uuid.UUID("b0b0b0b0-0000-4000-8000-000000000001")
 RAISER = uuid.UUID("b0b0b0b0-0000-4000-8000-000000000002")
 BODY = b"x" * 400  # about the size of a signed envelope
-
-
-@contextlib.contextmanager
-def loopback_process() -> Iterator[tuple[str, str]]:
-    """The loopback broker in a child process: (connection string, admin endpoint)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "eventbroker.testing.servicebus_broker", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    try:
-        assert process.stdout is not None
-        values = {}
-        for line in process.stdout:
-            key, _, value = line.strip().partition("=")
-            values[key] = value
-            if len(values) == 2:
-                break
-        if len(values) != 2:
-            raise SystemExit("the loopback Service Bus broker did not start (python-qpid-proton?)")
-        yield values["SERVICEBUS_CONNECTION_STRING"], values["SERVICEBUS_ADMIN_ENDPOINT"]
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -298,7 +269,7 @@ def main() -> None:
     latency: dict[str, list[float]] = {name: [] for name in names}
     sent: dict[str, list[float]] = {name: [] for name in names}
     delivered: dict[str, list[float]] = {name: [] for name in names}
-    with loopback_process() as (conn, admin), contextlib.ExitStack() as stack:
+    with broker_process() as (conn, admin), contextlib.ExitStack() as stack:
         # every setup has its own topic; they run interleaved, round after round, so a change
         # in the machine's load (shared CPUs) hits them alike
         setups: dict[str, Pair | BarePair] = {

@@ -342,7 +342,7 @@ class EventBroker:
                 )
         self._counts["dispatched"] += 1
         emissions: list[tuple[Signal[Any], Any]] = []
-        if event is not None and len(event.raised):
+        if event is not None and (event.raised._sync or event.raised._async):
             notification = EventNotification(
                 event_id=envelope.event_id,
                 raiser_id=envelope.raiser_id,
@@ -353,7 +353,7 @@ class EventBroker:
                 sent_at=envelope.sent_at,
             )
             emissions.append((event.raised, notification))
-        if not len(self.event_received):
+        if not (self.event_received._sync or self.event_received._async):
             return self._dispatch(loop, emissions)
         received = EventReceivedEventArgs(
             event_id=envelope.event_id,
@@ -377,12 +377,9 @@ class EventBroker:
     def _dispatch(
         self, loop: asyncio.AbstractEventLoop, emissions: list[tuple[Signal[Any], Any]]
     ) -> asyncio.Future[Rejection | None]:
-        sync = [(signal, arg) for signal, arg in emissions if signal.has_sync_handlers]
+        sync = [(signal, arg) for signal, arg in emissions if signal._sync]
         work = [
-            coro
-            for signal, arg in emissions
-            if signal.has_async_handlers
-            for coro in signal.async_work(arg)
+            coro for signal, arg in emissions if signal._async for coro in signal.async_work(arg)
         ]
         if not sync and not work:
             return _done(loop, None)

@@ -78,7 +78,7 @@ class Event:
         half done. Plain handlers run on this thread; async ones on the broker loop.
         """
         notification = self._prepare(raiser_id, param, option)
-        if len(self.raised):
+        if self.raised.has_sync_handlers or self.raised.has_async_handlers:
             self._broker._run_local(self.raised.emit_sync(notification))
 
     async def raise_async(

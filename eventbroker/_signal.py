@@ -111,7 +111,7 @@ class Signal(Generic[T]):
             except Exception:
                 logger.exception("handler %r for %s raised", handler, self.name)
                 continue
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 pending.append(self._guard(handler, result))
         return pending
 

@@ -102,6 +102,7 @@ class Dispatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._batch: list[_Work] = []
+        self._idle = False  # waiting for work with nothing queued
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -117,10 +118,16 @@ class Dispatcher:
     ) -> None:
         """Run `work` on the dispatcher thread, then set `future`'s result to `result`.
 
-        Called on the broker loop; the batch leaves at the end of the current loop turn.
+        Called on the broker loop. An idle dispatcher gets the work at once (latency); a busy
+        one gets what this loop turn submits as one batch at the end of the turn (throughput).
         """
+        item = (work, future, result)
         with self._lock:
-            self._batch.append((work, future, result))
+            if self._idle and not self._batch:
+                self._idle = False
+                self._queue.put([item])
+                return
+            self._batch.append(item)
             first = len(self._batch) == 1
         if first and self._loop is not None:
             self._loop.call_soon(self._flush)
@@ -132,9 +139,13 @@ class Dispatcher:
             self._queue.put(batch)
 
     def _run(self) -> None:
-        get = self._queue.get
+        get, empty = self._queue.get, self._queue.empty
         while True:
+            if empty():
+                with self._lock:
+                    self._idle = True
             batch = get()
+            self._idle = False
             if batch is None:
                 return
             done: list[tuple[asyncio.Future[Any], Any]] = []

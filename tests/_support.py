@@ -19,7 +19,7 @@ from eventbroker import (
 class FakeClock:
     """Seconds since the epoch that only move when a test says so."""
 
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
         self.now = start
 
     def __call__(self) -> float:

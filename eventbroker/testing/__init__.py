@@ -11,15 +11,27 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._servicebus_admin_client import administration_client
-    from .servicebus_broker import DeadLetter, LoopbackServiceBus, ServiceBusEntityError
+    from .servicebus_broker import (
+        DeadLetter,
+        LoopbackServiceBus,
+        ServiceBusEntityError,
+        broker_process,
+    )
 
-__all__ = ["DeadLetter", "LoopbackServiceBus", "ServiceBusEntityError", "administration_client"]
+__all__ = [
+    "DeadLetter",
+    "LoopbackServiceBus",
+    "ServiceBusEntityError",
+    "administration_client",
+    "broker_process",
+]
 
 _HOMES = {
     "administration_client": "._servicebus_admin_client",
     "DeadLetter": ".servicebus_broker",
     "LoopbackServiceBus": ".servicebus_broker",
     "ServiceBusEntityError": ".servicebus_broker",
+    "broker_process": ".servicebus_broker",
 }
 
 

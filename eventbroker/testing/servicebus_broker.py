@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -468,6 +469,35 @@ class LoopbackServiceBus:
                 return guarded(self._state)
         result: _T = amqp.call(lambda: guarded(amqp.state)).result(timeout=_CALL_TIMEOUT)
         return result
+
+
+@contextlib.contextmanager
+def broker_process(*topics: str, cwd: str | None = None) -> Iterator[tuple[str, str]]:
+    """The command line's broker in a child process (its own GIL, as in multi-process use).
+
+    Yields (connection string, admin endpoint) as the command line prints them; the process
+    is terminated on exit. `SystemExit` when it does not start.
+    """
+    command = [sys.executable, "-m", "eventbroker.testing.servicebus_broker", "--port", "0"]
+    for topic in topics:
+        command += ["--topic", topic]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=cwd
+    )
+    try:
+        assert process.stdout is not None
+        printed: dict[str, str] = {}
+        for line in process.stdout:
+            key, _, value = line.strip().partition("=")
+            printed[key] = value
+            if len(printed) == 2:
+                break
+        if len(printed) != 2:
+            raise SystemExit("the loopback Service Bus broker did not start (python-qpid-proton?)")
+        yield printed["SERVICEBUS_CONNECTION_STRING"], printed["SERVICEBUS_ADMIN_ENDPOINT"]
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def _go_down(amqp: AmqpBroker) -> None:

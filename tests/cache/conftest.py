@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -11,30 +10,12 @@ import redis
 from cache import CacheOptions, EntryOptions, HybridCache
 from cache.redis import RedisDistributedCache
 
+from .._support import FakeClock, wait_until
+
+__all__ = ["RUN_PREFIX", "FakeClock", "wait_until"]
+
 RUN_PREFIX = f"test-cache:{uuid.uuid4().hex}:"
 """Every Redis key of this test run starts with this."""
-
-
-class FakeClock:
-    """A settable clock (seconds since the epoch) for the cache's `clock=`."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for background work (a thread, a task) to show its effect; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached in time")
-        time.sleep(0.002)
 
 
 @pytest.fixture
