@@ -43,6 +43,9 @@ from ._serialization import DistributedEntry, JsonSerializer, Serializer, decode
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_MISS: Any = object()
+"""`_fresh_hit` found nothing fresh in L1 (a cached value may be None)."""
 Clock = Callable[[], float]
 
 # --------------------------------------------------------------------------------------------
@@ -374,17 +377,9 @@ class HybridCache:
     ) -> T:
         """The cached value of `key`, calling `factory()` (once, across threads and tasks) when
         there is none. `value_type` structures values read back from L2 (attrs classes)."""
-        try:
-            entry = self._l1.get(key)
-            if (
-                entry is not None
-                and self._clock() < entry.refresh_at
-                and (options is None or not options.skip_memory_cache)
-            ):
-                self._l1.move_to_end(key)
-                return cast(T, entry.value)
-        except (TypeError, KeyError):
-            pass
+        value = self._fresh_hit(key, options)
+        if value is not _MISS:
+            return cast(T, value)
         return cast(T, self._get_or_set_slow(key, factory, options, value_type))
 
     async def get_or_set_async(
@@ -397,6 +392,13 @@ class HybridCache:
     ) -> T:
         """`get_or_set` for asyncio: `factory` may be `async def` (awaited on this loop) or a
         plain callable (run in a worker thread so the loop never blocks)."""
+        value = self._fresh_hit(key, options)
+        if value is not _MISS:
+            return cast(T, value)
+        return cast(T, await self._get_or_set_slow_async(key, factory, options, value_type))
+
+    def _fresh_hit(self, key: str, options: EntryOptions | None) -> Any:
+        """The L1 hit path of both faces: no lock, no loop; `_MISS` unless fresh in L1."""
         try:
             entry = self._l1.get(key)
             if (
@@ -405,10 +407,10 @@ class HybridCache:
                 and (options is None or not options.skip_memory_cache)
             ):
                 self._l1.move_to_end(key)
-                return cast(T, entry.value)
+                return entry.value
         except (TypeError, KeyError):
             pass
-        return cast(T, await self._get_or_set_slow_async(key, factory, options, value_type))
+        return _MISS
 
     def _peek_fresh(self, key: str, options: EntryOptions, now: float) -> tuple[Entry | None, bool]:
         """(entry, True) when L1 can answer now (eager refresh is due once `now >= refresh_at`);
