@@ -24,10 +24,6 @@ class IoLoop:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def start(self) -> asyncio.AbstractEventLoop:
         if self.loop is not None:
             return self.loop

@@ -3,8 +3,5 @@
 # (in-memory hub, SQLite; no services needed). Extra arguments go to the demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[samples]'
+bash scripts/venv.sh samples
 exec .venv/bin/python -m samples.inventory "$@"

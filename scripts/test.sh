@@ -3,10 +3,7 @@
 # Starts Redis and PostgreSQL on loopback if they are down; fails if a real part is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+bash scripts/venv.sh dev
 bash scripts/services.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
