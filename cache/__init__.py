@@ -16,6 +16,7 @@ from ._backplane import (
 )
 from ._distributed import CircuitBreaker, DistributedCache, MemoryDistributedCache
 from ._errors import BackplaneError, CacheError, DistributedCacheError, FactoryTimeoutError
+from ._health import Health, HealthStatus
 from ._hybrid import HybridCache, MaybeValue
 from ._options import CacheOptions, Duration, EntryOptions
 from ._serialization import DistributedEntry, JsonSerializer, Serializer
@@ -37,6 +38,8 @@ __all__ = [
     "Duration",
     "EntryOptions",
     "FactoryTimeoutError",
+    "Health",
+    "HealthStatus",
     "HybridCache",
     "JsonSerializer",
     "MaybeValue",

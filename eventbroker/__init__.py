@@ -11,6 +11,8 @@ with broker:
 ```
 """
 
+from cache._health import Health, HealthStatus
+
 from ._args import (
     EventMissedEventArgs,
     EventNotification,
@@ -19,6 +21,7 @@ from ._args import (
     MissedReason,
 )
 from ._broker import BrokerStats, EventBroker
+from ._errors import EventBrokerError
 from ._memory_transport import HubFaults, InMemoryHub, InMemoryTransport
 from ._options import EventBrokerOptions
 from ._registry import Event, EventRegistry
@@ -37,12 +40,15 @@ __all__ = [
     "ConnectionState",
     "Event",
     "EventBroker",
+    "EventBrokerError",
     "EventBrokerOptions",
     "EventMissedEventArgs",
     "EventNotification",
     "EventRaiseOption",
     "EventReceivedEventArgs",
     "EventRegistry",
+    "Health",
+    "HealthStatus",
     "HubFaults",
     "InMemoryHub",
     "InMemoryTransport",

@@ -24,6 +24,8 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
+from ._errors import EventBrokerError
+
 
 class ConnectionState(enum.Enum):
     """Connectivity reported by a transport to its sink."""
@@ -58,7 +60,7 @@ class Rejection:
     description: str = ""
 
 
-class PublishError(Exception):
+class PublishError(EventBrokerError):
     """The transport cannot accept a message now (queue full, broker down past the deadline)."""
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from .._errors import EventBrokerError
 
-class ServiceBusConfigurationError(ValueError):
+
+class ServiceBusConfigurationError(EventBrokerError, ValueError):
     """A `ServiceBusOptions` setting is invalid; the message names the setting and the fix."""
 
 
@@ -15,5 +17,5 @@ class SubscriptionNameError(ServiceBusConfigurationError):
     """A user-given subscription name breaks Service Bus naming rules."""
 
 
-class ServiceBusStartError(RuntimeError):
+class ServiceBusStartError(EventBrokerError, RuntimeError):
     """The transport could not connect or provision its subscription at start."""
