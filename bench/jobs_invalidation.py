@@ -37,7 +37,7 @@ PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 def invalidation(n: int, manual: bool) -> float:
     hub = InMemoryHub()
-    options = EventBrokerOptions(secret="bench", application_name="bench")
+    options = EventBrokerOptions(secret="bench-0123456789abcdef", application_name="bench")
     brokers = [EventBroker(InMemoryTransport(hub), options) for _ in range(3)]
     for b in brokers:
         b.start()

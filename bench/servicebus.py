@@ -68,7 +68,9 @@ class Pair:
             )
 
         self.sender = ServiceBusTransport(options(**sender_options))
-        broker_options = EventBrokerOptions(secret="bench", application_name="bench")
+        broker_options = EventBrokerOptions(
+            secret="bench-0123456789abcdef", application_name="bench"
+        )
         self.a = EventBroker(self.sender, broker_options)
         self.b = EventBroker(ServiceBusTransport(options()), broker_options)
         self.event_a = EventRegistry(self.a).get(EVENT)

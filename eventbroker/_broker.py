@@ -13,15 +13,30 @@ its transport lives, and a *dispatcher* thread for plain handlers:
   handlers inline and awaits async handlers on the caller's own loop.
 * Sending never blocks: the envelope is encoded and signed on the calling thread and handed to
   the transport's bounded queue.
+* A maintenance task on the broker loop reports sequence gaps, sends heartbeats and drops
+  silent instances, a few times a second.
+
+Nothing lost silently
+---------------------
+Each instance numbers its events. Receivers report a gap (`event_missed`) when numbers are
+missing after `missed_event_timeout`: between received ones, after the last one (a heartbeat
+carries the sender's last number, sent `heartbeat_idle_delay` after a burst and every
+`heartbeat_interval`), and before the first one when the sender started after this instance
+subscribed (its hello, or the start time every envelope carries). Reconnects and recreated
+subscriptions fire `event_missed` too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import concurrent.futures.thread  # registers its exit hook now, so ours (below) runs first
 import logging
+import socket
 import threading
 import time
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
@@ -29,26 +44,35 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from cache._health import Health
+
 from ._args import EventMissedEventArgs, EventNotification, EventReceivedEventArgs, MissedReason
+from ._diagnostics import LogLimiter, RecentCounts
 from ._envelope import (
+    Envelope,
     EnvelopeCodec,
     EnvelopeError,
+    Heartbeat,
+    HeartbeatKind,
     envelope_fields,
     normalize_keys,
     to_wire_param,
 )
 from ._options import EventBrokerOptions
-from ._sequence import DedupWindow, SequenceTracker
+from ._presence import InstanceInfo, Presence
+from ._sequence import DedupWindow, SequenceTracker, Verdict
 from ._signal import Signal
 from ._threads import Dispatcher, IoLoop
-from ._transport import ConnectionState, Rejection, Transport, TransportMessage
+from ._transport import ConnectionState, PublishError, Rejection, Transport, TransportMessage
 
 if TYPE_CHECKING:
     from ._registry import EventRegistry
 
 logger = logging.getLogger("eventbroker")
 
-_LOG_PERIOD = 60.0
+_MAX_TICK = 0.25
+"""Longest pause of the maintenance task (it wakes earlier when something is due)."""
+_MAX_KEY_SOURCES = 1000
 
 
 @attrs.frozen
@@ -56,22 +80,29 @@ class BrokerStats:
     """A snapshot of a broker's counters (`EventBroker.stats`)."""
 
     published: int = 0
-    """Envelopes handed to the transport."""
+    """Events handed to the transport."""
     received: int = 0
-    """Messages delivered by the transport (before any check)."""
+    """Messages delivered by the transport (before any check), heartbeats excepted."""
     dispatched: int = 0
-    """Verified remote messages dispatched to handlers."""
+    """Verified remote events dispatched to handlers."""
     duplicates: int = 0
+    """Redeliveries of a recent message id (dropped)."""
     own: int = 0
     """This instance's own messages echoed back by the transport (dropped)."""
     other_application: int = 0
     """Messages of another application name on the same channel (dropped)."""
     rejected: Mapping[str, int] = attrs.field(factory=dict)
     """Refused messages by cause: bad_signature, unknown_key, unknown_version, malformed,
-    oversize, replay_window, bad_param."""
+    oversize, replay_window, replay, bad_param, delivery_failed."""
     gaps: int = 0
     """Sequence gaps reported through `event_missed`."""
     reconnects: int = 0
+    heartbeats_sent: int = 0
+    """Control messages sent: hello, presence, idle and bye heartbeats."""
+    heartbeats_received: int = 0
+    """Verified control messages from other instances of this application."""
+    unknown_key_sources: Mapping[str, int] = attrs.field(factory=dict)
+    """Messages refused as ``unknown_key`` by claimed sending instance (at most 1000 listed)."""
 
 
 class _Sink:
@@ -89,29 +120,14 @@ class _Sink:
         return self._broker.options.application_name
 
     def deliver(self, body: bytes) -> asyncio.Future[Rejection | None]:
-        return self._broker._deliver(body)
+        broker = self._broker
+        try:
+            return broker._deliver(body)
+        except Exception as exc:  # a bug of ours: one message fails, receiving goes on
+            return _done(asyncio.get_running_loop(), broker._delivery_failed(exc))
 
     def connection_changed(self, state: ConnectionState) -> asyncio.Future[None]:
         return self._broker._connection_changed(state)
-
-
-class _LogLimiter:
-    """Logs a cause at most once per period, saying how many were suppressed meanwhile."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._next: dict[str, float] = {}
-        self._suppressed: Counter[str] = Counter()
-
-    def warn(self, cause: str, message: str, *args: object) -> None:
-        now = self._clock()
-        if now < self._next.get(cause, float("-inf")):
-            self._suppressed[cause] += 1
-            return
-        self._next[cause] = now + _LOG_PERIOD
-        suppressed = self._suppressed.pop(cause, 0)
-        suffix = f" ({suppressed} more of this cause in the last minute)" if suppressed else ""
-        logger.warning(message + suffix, *args)
 
 
 class EventBroker:
@@ -134,6 +150,9 @@ class EventBroker:
         self.options = options
         self.instance_id: str = uuid.uuid4().hex
         """Unique per broker object (so per process start): the source id of its messages."""
+        self.host: str = socket.gethostname()
+        self.started_at: float | None = None
+        """When `start()` was called (this broker's clock), sent in every message."""
         self._clock = clock
         self._codec = EnvelopeCodec(
             normalize_keys(options.secret),
@@ -150,69 +169,138 @@ class EventBroker:
         self._send_lock = threading.Lock()
         self._sequence = 0
         self._dedup = DedupWindow(options.dedup_capacity)
-        self._tracker = SequenceTracker(options.missed_event_timeout)
+        self._tracker = SequenceTracker(
+            options.missed_event_timeout, retention=options.replay_window + 60.0
+        )
+        self._subscribed_at: float | None = None
+        self._presence = Presence(options.heartbeat_interval)
         self._counts: Counter[str] = Counter()
         self._rejected: Counter[str] = Counter()
-        self._log = _LogLimiter(clock)
+        self._unknown_key_sources: Counter[str] = Counter()
+        self._recent = RecentCounts()
+        self._log = LogLimiter(logger, clock)
         self._io = IoLoop(f"eventbroker-io-{self.instance_id[:8]}")
         self._dispatcher = Dispatcher(f"eventbroker-dispatch-{self.instance_id[:8]}")
-        self._gap_task: asyncio.Task[None] | None = None
+        self._maintenance: asyncio.Task[None] | None = None
         self._started = False
+        self._stopped = False
         self._state_lock = threading.Lock()
+        self._connected = threading.Event()
+        self._disconnected_since: float | None = None
+        self._heartbeats = 0
+        self._heartbeat_sequence = 0  # the last number a heartbeat announced
+        self._last_publish_at = 0.0
+        self._last_heartbeat_at = 0.0
+        self._unknown_key_detail: dict[str, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @property
     def is_started(self) -> bool:
+        """Whether `start()` ran and `stop()` did not (not a health signal: see `health()`)."""
         return self._started
 
+    @property
+    def connection_state(self) -> ConnectionState:
+        """CONNECTED while the transport is connected, DISCONNECTED otherwise (also before start)."""
+        return (
+            ConnectionState.CONNECTED if self._connected.is_set() else ConnectionState.DISCONNECTED
+        )
+
     def start(self) -> None:
-        """Start the broker loop and the transport (connects; creates a subscription, say)."""
+        """Start the broker loop and the transport, then send this instance's hello.
+
+        A transport that cannot reach its service at start keeps connecting in the background
+        (`health()` says DEGRADED meanwhile; `event_missed` fires once it connects). With
+        `EventBrokerOptions.connect_timeout`, `start()` waits up to that long for the first
+        connection. Configuration errors (a bad connection string, refused credentials) raise.
+        """
         with self._state_lock:
             if self._started:
                 return
+            if self._stopped:
+                raise RuntimeError(
+                    "this EventBroker was stopped; brokers are not restartable: create a new one"
+                )
+            self.started_at = self._clock()
             loop = self._io.start()
             self._dispatcher.start(loop)
             try:
                 self._io.run(self._start_on_loop())
             except BaseException:
-                self._shutdown_threads()
+                self._shutdown_threads(10.0)
                 raise
             self._started = True
+            _started_brokers.add(self)
+        timeout = self.options.connect_timeout
+        if timeout and not self._connected.wait(timeout):
+            logger.warning(
+                "not connected %.3g s after start (connect_timeout): serving without the "
+                "transport until it connects; see broker.health()",
+                timeout,
+            )
 
     async def start_async(self) -> None:
         """`start()` for asyncio code: the caller's loop is never blocked."""
         await asyncio.to_thread(self.start)
 
     def stop(self) -> None:
-        """Flush pending sends, stop the transport (deleting its subscription), end the threads."""
+        """Say goodbye, flush pending sends, stop the transport (deleting its subscription).
+
+        Returns within `EventBrokerOptions.stop_timeout` whatever is down: what does not finish
+        in time is abandoned and logged.
+        """
         with self._state_lock:
             if not self._started:
                 return
             self._started = False
+            self._stopped = True
+            _started_brokers.discard(self)
+            deadline = time.monotonic() + self.options.stop_timeout
+            budget = self.options.stop_timeout
             try:
-                self._io.run(self._stop_on_loop(), timeout=60)
+                self._io.run(self._stop_on_loop(budget), timeout=budget + 0.5)
+            except TimeoutError:
+                logger.warning(
+                    "the broker loop did not finish stopping within stop_timeout=%.3g s "
+                    "(a handler blocking it?): abandoned",
+                    budget,
+                )
+            except Exception:
+                logger.exception("stopping the transport failed")
             finally:
-                self._shutdown_threads()
+                self._shutdown_threads(max(0.1, deadline - time.monotonic()))
 
     async def stop_async(self) -> None:
         """`stop()` for asyncio code."""
         await asyncio.to_thread(self.stop)
 
-    def _shutdown_threads(self) -> None:
-        self._dispatcher.stop()
-        self._io.stop()
+    def _shutdown_threads(self, timeout: float) -> None:
+        self._connected.clear()
+        self._dispatcher.stop(timeout / 2)
+        self._io.stop(timeout / 2)
 
     async def _start_on_loop(self) -> None:
         await self.transport.start(_Sink(self))
-        interval = min(0.5, self.options.missed_event_timeout / 4)
-        self._gap_task = asyncio.get_running_loop().create_task(self._check_gaps_forever(interval))
+        self._maintenance = asyncio.get_running_loop().create_task(self._maintain_forever())
+        if self.options.heartbeat_interval or self.options.heartbeat_idle_delay:
+            self._send_heartbeat(HeartbeatKind.HELLO, self._clock())
 
-    async def _stop_on_loop(self) -> None:
-        if self._gap_task is not None:
-            self._gap_task.cancel()
-            self._gap_task = None
-        await self.transport.stop()
+    async def _stop_on_loop(self, budget: float) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            self._maintenance = None
+        if self.options.heartbeat_interval or self.options.heartbeat_idle_delay:
+            self._send_heartbeat(HeartbeatKind.BYE, self._clock())
+        try:
+            await asyncio.wait_for(self.transport.stop(), budget)
+        except TimeoutError:
+            logger.warning(
+                "the transport did not stop within stop_timeout=%.3g s: abandoned it "
+                "(unsent messages are lost; a Service Bus subscription is removed by "
+                "AutoDeleteOnIdle)",
+                budget,
+            )
 
     def __enter__(self) -> EventBroker:
         self.start()
@@ -277,12 +365,49 @@ class EventBroker:
                     sequence,
                     now,
                     wire_param,
+                    self.started_at,
+                    self.host,
                 )
             )
             self.transport.publish(TransportMessage(body, message_id, self.instance_id))
             self._sequence = sequence  # only a sent message uses up a number: no false gaps
+            self._last_publish_at = now
             self._counts["published"] += 1
         return message_id
+
+    def _send_heartbeat(self, kind: HeartbeatKind, now: float) -> None:
+        """Publish a control message carrying the last sequence number sent (never raises)."""
+        with self._send_lock:
+            self._heartbeats += 1
+            heartbeat = Heartbeat(
+                kind,
+                f"{self.instance_id}:h{self._heartbeats}",
+                self.instance_id,
+                self.options.application_name,
+                self.options.site_id,
+                self.host,
+                self.started_at or now,
+                now,
+                self._sequence,
+                self.options.heartbeat_interval,
+                self._codec.signing_key_id,
+            )
+            try:
+                body = self._codec.encode_heartbeat(heartbeat)
+                self.transport.publish(
+                    TransportMessage(body, heartbeat.message_id, self.instance_id)
+                )
+            except PublishError as exc:
+                logger.debug("%s heartbeat not sent: %s", kind.value, exc)
+                return
+            except Exception as exc:
+                self._log.log(
+                    logging.ERROR, "heartbeat", "sending a heartbeat failed: %s", exc, exc_info=exc
+                )
+                return
+            self._heartbeat_sequence = self._sequence
+            self._last_heartbeat_at = now
+            self._counts["heartbeats_sent"] += 1
 
     # -- local dispatch (used by Event) ---------------------------------------------------------
 
@@ -308,13 +433,19 @@ class EventBroker:
 
     def _deliver(self, body: bytes) -> asyncio.Future[Rejection | None]:
         loop = asyncio.get_running_loop()
-        self._counts["received"] += 1
         now = self._clock()
         try:
-            envelope = self._codec.decode(body, now)
+            message = self._codec.decode(body, now)
         except EnvelopeError as error:
-            return _done(loop, self._reject(error.reason, error.description))
-        if envelope.instance_id == self.instance_id:
+            self._counts["received"] += 1
+            return _done(loop, self._refuse(error, now))
+        if type(message) is Heartbeat:
+            self._on_heartbeat(message, now)
+            return _done(loop, None)
+        envelope: Envelope = message  # type: ignore[assignment]
+        self._counts["received"] += 1
+        source = envelope.instance_id
+        if source == self.instance_id:
             self._counts["own"] += 1
             return _done(loop, None)
         if envelope.application_name != self.options.application_name:
@@ -323,7 +454,30 @@ class EventBroker:
         if self._dedup.seen(envelope.message_id):
             self._counts["duplicates"] += 1
             return _done(loop, None)
-        self._tracker.observe(envelope.instance_id, envelope.sequence, now)
+        verdict = self._tracker.observe(
+            source,
+            envelope.sequence,
+            now,
+            started_after_subscription=self._started_after_subscription(envelope.started_at),
+        )
+        if verdict is Verdict.SEEN:
+            return _done(
+                loop,
+                self._reject(
+                    "replay",
+                    f"sequence {envelope.sequence} of instance {source} was received before",
+                    now,
+                ),
+            )
+        self._presence.event(
+            source,
+            now=now,
+            application_name=envelope.application_name,
+            site_id=envelope.site_id,
+            host=envelope.host,
+            started_at=envelope.started_at,
+            sequence=envelope.sequence,
+        )
 
         registry = self._registry
         event = registry._find(envelope.event_id) if registry is not None else None
@@ -338,6 +492,7 @@ class EventBroker:
                         "bad_param",
                         f"param of event {envelope.event_id} does not fit "
                         f"{event.param_type!r}: {error}",
+                        now,
                     ),
                 )
         self._counts["dispatched"] += 1
@@ -347,7 +502,7 @@ class EventBroker:
                 event_id=envelope.event_id,
                 raiser_id=envelope.raiser_id,
                 param=param,
-                source_instance_id=envelope.instance_id,
+                source_instance_id=source,
                 is_local=False,
                 message_id=envelope.message_id,
                 sent_at=envelope.sent_at,
@@ -359,7 +514,7 @@ class EventBroker:
             event_id=envelope.event_id,
             raiser_id=envelope.raiser_id,
             param=param,
-            source_instance_id=envelope.instance_id,
+            source_instance_id=source,
             application_name=envelope.application_name,
             site_id=envelope.site_id,
             message_id=envelope.message_id,
@@ -369,10 +524,90 @@ class EventBroker:
         emissions.append((self.event_received, received))
         return self._dispatch(loop, emissions)
 
-    def _reject(self, reason: str, description: str) -> Rejection:
+    def _started_after_subscription(self, started_at: float | None) -> bool:
+        """Whether a source that started at `started_at` sent everything after we subscribed."""
+        subscribed = self._subscribed_at
+        return started_at is not None and subscribed is not None and started_at >= subscribed
+
+    def _on_heartbeat(self, heartbeat: Heartbeat, now: float) -> None:
+        source = heartbeat.instance_id
+        if source == self.instance_id:
+            return
+        if heartbeat.application_name != self.options.application_name:
+            self._counts["other_application"] += 1
+            return
+        if heartbeat.kind is HeartbeatKind.BYE:
+            self._presence.bye(source)
+        elif not self._presence.heartbeat(
+            source,
+            sent_at=heartbeat.sent_at,
+            now=now,
+            application_name=heartbeat.application_name,
+            site_id=heartbeat.site_id,
+            host=heartbeat.host,
+            started_at=heartbeat.started_at,
+            last_sequence=heartbeat.last_sequence,
+            interval=heartbeat.interval,
+            summary=heartbeat.summary,
+        ):
+            return  # not newer than one already taken: a duplicate or a replay
+        self._counts["heartbeats_received"] += 1
+        self._tracker.heartbeat(
+            source,
+            heartbeat.last_sequence,
+            now,
+            hello=heartbeat.kind is HeartbeatKind.HELLO,
+            started_after_subscription=self._started_after_subscription(heartbeat.started_at),
+        )
+
+    def _refuse(self, error: EnvelopeError, now: float) -> Rejection:
+        if error.reason == "unknown_key" and "instance_id" in error.sender:
+            return self._unknown_key(error, now)
+        return self._reject(error.reason, error.description, now)
+
+    def _reject(self, reason: str, description: str, now: float) -> Rejection:
         self._rejected[reason] += 1
+        self._recent.add(reason, now)
         self._log.warn(reason, "dropped an incoming message (%s): %s", reason, description)
         return Rejection(reason, description)
+
+    def _unknown_key(self, error: EnvelopeError, now: float) -> Rejection:
+        """A peer signs with a key this instance lacks: almost always a secret mismatch."""
+        sender = error.sender
+        source = sender["instance_id"]
+        self._rejected["unknown_key"] += 1
+        self._recent.add("unknown_key", now)
+        if source in self._unknown_key_sources or len(self._unknown_key_sources) < _MAX_KEY_SOURCES:
+            self._unknown_key_sources[source] += 1
+        detail = (
+            f"instance {source!r} on host {sender.get('host', 'unknown')!r} signs with key id "
+            f"{sender.get('key_id', '?')!r}, which this instance does not have"
+        )
+        if len(self._unknown_key_detail) < 10 or source in self._unknown_key_detail:
+            self._unknown_key_detail[source] = detail
+        self._log.log(
+            logging.ERROR,
+            ("unknown_key", source),
+            "dropped a message (unknown_key): %s. EVENTBROKER_SECRET differs between instances: "
+            "give every instance the same secret (during a rotation, every instance lists both, "
+            "see docs/eventbroker.md)",
+            detail,
+        )
+        return Rejection("unknown_key", error.description)
+
+    def _delivery_failed(self, exc: Exception) -> Rejection:
+        now = self._clock()
+        self._rejected["delivery_failed"] += 1
+        self._recent.add("delivery_failed", now)
+        self._log.log(
+            logging.ERROR,
+            "delivery_failed",
+            "processing an incoming message failed (a bug: please report it): %s: %s",
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        return Rejection("delivery_failed", f"{type(exc).__name__}: {exc}")
 
     def _dispatch(
         self, loop: asyncio.AbstractEventLoop, emissions: list[tuple[Signal[Any], Any]]
@@ -408,8 +643,18 @@ class EventBroker:
 
     def _connection_changed(self, state: ConnectionState) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
+        now = self._clock()
         logger.info("transport %s", state.value)
         emissions: list[tuple[Signal[Any], Any]] = [(self.connection_changed, state)]
+        if state is ConnectionState.DISCONNECTED:
+            self._connected.clear()
+            if self._disconnected_since is None:
+                self._disconnected_since = now
+        else:
+            self._connected.set()
+            self._disconnected_since = None
+            if self._subscribed_at is None or state is ConnectionState.SUBSCRIPTION_RECREATED:
+                self._subscribed_at = now  # what was sent before cannot have reached us
         if state is ConnectionState.RECONNECTED:
             self._counts["reconnects"] += 1
             emissions += self._missed_emissions(EventMissedEventArgs(MissedReason.RECONNECT))
@@ -434,18 +679,62 @@ class EventBroker:
             emissions += [(event.missed, args) for event in self._registry]
         return emissions
 
-    async def _check_gaps_forever(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            self._check_gaps(asyncio.get_running_loop())
+    # -- maintenance (on the broker loop) -------------------------------------------------------
 
-    def _check_gaps(self, loop: asyncio.AbstractEventLoop) -> list[EventMissedEventArgs]:
+    async def _maintain_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                pause = self._maintain(loop)
+            except Exception as exc:  # never let bookkeeping end the task
+                self._log.log(
+                    logging.ERROR, "maintenance", "broker maintenance failed: %s", exc, exc_info=exc
+                )
+                pause = _MAX_TICK
+            await asyncio.sleep(pause)
+
+    def _maintain(self, loop: asyncio.AbstractEventLoop) -> float:
+        """Report due gaps, send due heartbeats, drop silent instances; the pause until next."""
+        now = self._clock()
+        self._check_gaps(loop, now)
+        options = self.options
+        pause = _MAX_TICK
+        idle_delay = options.heartbeat_idle_delay
+        if idle_delay and self._sequence > self._heartbeat_sequence:
+            due = self._last_publish_at + idle_delay
+            if now >= due:
+                self._send_heartbeat(HeartbeatKind.IDLE, now)
+            else:
+                pause = min(pause, due - now)
+        interval = options.heartbeat_interval
+        if interval:
+            due = self._last_heartbeat_at + interval
+            if now >= due:
+                self._send_heartbeat(HeartbeatKind.PRESENCE, now)
+            else:
+                pause = min(pause, due - now)
+        for gone in self._presence.expire(now):
+            logger.info(
+                "instance %s on host %s stopped reporting (last heard %.0f s ago)",
+                gone.instance_id,
+                gone.host,
+                now - gone.last_seen,
+            )
+        deadline = self._tracker.next_deadline()
+        if deadline is not None:
+            pause = min(pause, deadline - now)
+        return max(pause, 0.005)
+
+    def _check_gaps(
+        self, loop: asyncio.AbstractEventLoop, now: float
+    ) -> list[EventMissedEventArgs]:
         missed = [
             EventMissedEventArgs(MissedReason.GAP, gap.source, gap.first, gap.last)
-            for gap in self._tracker.expired(self._clock())
+            for gap in self._tracker.expired(now)
         ]
         for args in missed:
             self._counts["gaps"] += 1
+            self._recent.add("gap", now)
             self._dispatch(loop, self._missed_emissions(args))
         return missed
 
@@ -459,11 +748,77 @@ class EventBroker:
             return []
 
         async def check() -> list[EventMissedEventArgs]:
-            return self._check_gaps(asyncio.get_running_loop())
+            return self._check_gaps(asyncio.get_running_loop(), self._clock())
 
         if self._io.in_loop_thread():
-            return self._check_gaps(self._io.loop)
+            return self._check_gaps(self._io.loop, self._clock())
         return self._io.run(check())
+
+    # -- what operators see ---------------------------------------------------------------------
+
+    @property
+    def instances(self) -> list[InstanceInfo]:
+        """The other instances of this application heard from (hello, heartbeats, events).
+
+        An instance drops out after its bye, or when silent for three heartbeat intervals.
+        """
+        return self._presence.instances()
+
+    @property
+    def instance_info(self) -> InstanceInfo:
+        """This instance, as the others see it."""
+        return InstanceInfo(
+            self.instance_id,
+            self.options.application_name,
+            self.options.site_id,
+            self.host,
+            self.started_at,
+            self._clock(),
+            self._sequence or None,
+            self.options.heartbeat_interval,
+        )
+
+    def health(self) -> Health:
+        """OK, DEGRADED (disconnected, a send backlog, refusals or gaps in the last minute) or
+        DOWN (not started), with the reasons in words."""
+        component = f"eventbroker {self.options.application_name!r}"
+        if not self._started:
+            state = "stopped" if self._stopped else "not started"
+            return Health.from_reasons(
+                component, down=[f"the event broker is {state}: call broker.start()"]
+            )
+        now = self._clock()
+        degraded: list[str] = []
+        transport = type(self.transport).__name__
+        since = self._disconnected_since
+        if since is not None:
+            error = getattr(self.transport, "last_error", "") or ""
+            degraded.append(
+                f"disconnected from {transport} since {_utc(since)} ({now - since:.0f} s): "
+                "events from other instances do not arrive (caches expire their entries when "
+                "it reconnects)" + (f"; last error: {error}" if error else "")
+            )
+        queued = getattr(self.transport, "queued", 0)
+        if isinstance(queued, int) and queued > (0 if since is not None else 100):
+            degraded.append(f"{queued} outgoing messages waiting to be sent")
+        recent = self._recent.last_minute(now)
+        gaps = recent.pop("gap", 0)
+        if recent:
+            causes = ", ".join(f"{cause} {count}" for cause, count in sorted(recent.items()))
+            text = f"refused {sum(recent.values())} incoming messages in the last minute ({causes})"
+            if "unknown_key" in recent and self._unknown_key_detail:
+                text += (
+                    ": "
+                    + "; ".join(list(self._unknown_key_detail.values())[:3])
+                    + " (EVENTBROKER_SECRET differs between instances)"
+                )
+            degraded.append(text)
+        if gaps:
+            degraded.append(
+                f"{gaps} sequence gaps in the last minute: events from other instances were "
+                "lost (caches expired their entries)"
+            )
+        return Health.from_reasons(component, degraded=degraded)
 
     @property
     def stats(self) -> BrokerStats:
@@ -479,6 +834,9 @@ class EventBroker:
             rejected=dict(self._rejected),
             gaps=counts["gaps"],
             reconnects=counts["reconnects"],
+            heartbeats_sent=counts["heartbeats_sent"],
+            heartbeats_received=counts["heartbeats_received"],
+            unknown_key_sources=dict(self._unknown_key_sources),
         )
 
     def __repr__(self) -> str:
@@ -490,6 +848,29 @@ class EventBroker:
 
 
 _background: set[asyncio.Task[None]] = set()  # keeps scheduled handler tasks alive
+_started_brokers: weakref.WeakSet[EventBroker] = weakref.WeakSet()
+
+
+def _stop_started_brokers() -> None:
+    """At interpreter exit: stop brokers still running, before executors refuse new work."""
+    for broker in list(_started_brokers):
+        try:
+            broker.stop()
+        except Exception as exc:  # exiting anyway: say so, never raise
+            logger.warning("stopping %r at exit failed: %s", broker, exc)
+
+
+# threading's exit hooks run before concurrent.futures shuts its executors down (which the
+# Service Bus SDK needs while closing); registered last, this one runs first.
+if hasattr(threading, "_register_atexit"):
+    assert concurrent.futures.thread  # imported above for the order of exit hooks
+    threading._register_atexit(_stop_started_brokers)
+else:  # pragma: no cover - every supported CPython has it
+    atexit.register(_stop_started_brokers)
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 def _done(

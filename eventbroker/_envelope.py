@@ -8,16 +8,28 @@ The JSON is compact (no spaces, UTF-8, no NaN), and the signature is HMAC-SHA256
 those bytes: every field, the param included, with the key id inside so keys can rotate. The
 receiver verifies the bytes as received (no re-encoding, so no canonical form is needed) and
 any changed byte fails verification.
+
+Version 1 carries an event (`Envelope`); version 2 carries a control message (`Heartbeat`:
+hello, presence, idle, bye), which a release that only knows version 1 refuses as
+``unknown_version`` (counted, never dispatched). Fields were only ever added: a decoder ignores
+fields it does not know and treats missing optional ones as unknown.
+
+Decoding is total: any bytes give an `Envelope`, a `Heartbeat` or an `EnvelopeError` with a
+short cause. Size and nesting depth are bounded before the JSON parser runs; NaN, Infinity,
+numbers out of range, lone surrogates and wrongly typed fields are refused as ``malformed``.
 """
 
 from __future__ import annotations
 
 import datetime
+import enum
 import functools
 import hashlib
 import hmac
+import itertools
 import json
 import math
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -26,6 +38,14 @@ import attrs
 import cattrs.preconf.json
 
 VERSION = 1
+CONTROL_VERSION = 2
+MAX_DEPTH = 32
+"""Deepest nesting of arrays and objects accepted in an envelope (the envelope itself is 1)."""
+MAX_PARAM_DEPTH = MAX_DEPTH - 2
+"""Deepest nesting a param may have, so that its envelope stays within `MAX_DEPTH`."""
+_MAX_ID = 256
+_MAX_SEQUENCE = 2**63 - 1
+_MAX_TIME = 1e11  # seconds since the epoch: year 5138; anything beyond is not a send time
 _PREFIX = b'{"sig":"'
 _SIG_LEN = 64
 _BODY_AT = len(_PREFIX) + _SIG_LEN + 2  # after `<sig>",`
@@ -37,12 +57,19 @@ converter.register_unstructure_hook(uuid.UUID, str)
 
 
 class EnvelopeError(Exception):
-    """An incoming message was refused; `reason` is a short stable cause for counting."""
+    """An incoming message was refused; `reason` is a short stable cause for counting.
 
-    def __init__(self, reason: str, description: str) -> None:
+    `sender` holds what the (unverified) message claims about its sender, for diagnostics only:
+    ``instance_id``, ``host``, ``application_name`` (each a short str, when present).
+    """
+
+    def __init__(
+        self, reason: str, description: str, sender: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(description)
         self.reason = reason
         self.description = description
+        self.sender: Mapping[str, str] = sender or {}
 
 
 @attrs.frozen
@@ -60,6 +87,46 @@ class Envelope:
     sent_at: float
     param: Any
     key_id: str
+    started_at: float | None = None
+    """When the sending instance started (None from a release that did not send it)."""
+    host: str | None = None
+    """The sending instance's host name (None from a release that did not send it)."""
+
+
+class HeartbeatKind(enum.Enum):
+    """Why a control message was sent."""
+
+    HELLO = "hello"
+    """The first message of an instance's stream: every number after `last_sequence` follows."""
+    PRESENCE = "presence"
+    """The periodic heartbeat (every `heartbeat_interval`)."""
+    IDLE = "idle"
+    """Sent `heartbeat_idle_delay` after the last event of a burst, so a lost last event shows."""
+    BYE = "bye"
+    """The instance is stopping."""
+
+
+@attrs.frozen
+class Heartbeat:
+    """A signed control message: who is alive and the last sequence number it sent.
+
+    Never dispatched to handlers; uses no sequence number of its own.
+    """
+
+    kind: HeartbeatKind
+    message_id: str
+    instance_id: str
+    application_name: str
+    site_id: str | None
+    host: str
+    started_at: float
+    sent_at: float
+    last_sequence: int
+    interval: float
+    """The sender's `heartbeat_interval` (0: it sends no presence heartbeats)."""
+    key_id: str
+    summary: Any = None
+    """A small JSON object of the sender's own counters (optional)."""
 
 
 # Event and raiser ids are few and repeat: parse and print each once.
@@ -67,7 +134,45 @@ uuid_text = functools.lru_cache(maxsize=4096)(str)
 parse_uuid = functools.lru_cache(maxsize=4096)(uuid.UUID)
 
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-_decoder = json.JSONDecoder()
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in _DEPTH_STEP)
+
+
+def too_deep(body: bytes) -> bool:
+    """Whether JSON `body` nests arrays and objects deeper than `MAX_DEPTH` (strings ignored)."""
+    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:  # the common case: no scan needed
+        return False
+    brackets = _STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    return max(itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets))) > MAX_DEPTH
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse untrusted JSON, bounded: `ValueError` for anything but strict, shallow JSON.
+
+    Refused: invalid UTF-8, nesting deeper than `MAX_DEPTH`, NaN and Infinity (also as numbers
+    too large for a float), integers over 4300 digits, and lone UTF-16 surrogates.
+    """
+    if too_deep(body):
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    if b"\\u" in body and _SURROGATE.search(body):
+        raise ValueError("contains a UTF-16 surrogate escape")
+    return _decoder.decode(body.decode())
 
 
 def envelope_fields(
@@ -80,9 +185,11 @@ def envelope_fields(
     sequence: int,
     sent_at: float,
     param: Any,
+    started_at: float | None = None,
+    host: str | None = None,
 ) -> dict[str, Any]:
     """The JSON fields of a version-1 envelope (the codec adds the key id and signs)."""
-    return {
+    fields = {
         "version": VERSION,
         "message_id": message_id,
         "event_id": uuid_text(event_id),
@@ -92,8 +199,31 @@ def envelope_fields(
         "site_id": site_id,
         "sequence": sequence,
         "sent_at": sent_at,
+        "started_at": started_at,
+        "host": host,
         "param": param,
     }
+    return fields
+
+
+def heartbeat_fields(heartbeat: Heartbeat) -> dict[str, Any]:
+    """The JSON fields of a version-2 control message (the codec adds the key id and signs)."""
+    fields = {
+        "version": CONTROL_VERSION,
+        "kind": heartbeat.kind.value,
+        "message_id": heartbeat.message_id,
+        "instance_id": heartbeat.instance_id,
+        "application_name": heartbeat.application_name,
+        "site_id": heartbeat.site_id,
+        "host": heartbeat.host,
+        "started_at": heartbeat.started_at,
+        "sent_at": heartbeat.sent_at,
+        "last_sequence": heartbeat.last_sequence,
+        "interval": heartbeat.interval,
+    }
+    if heartbeat.summary is not None:
+        fields["summary"] = heartbeat.summary
+    return fields
 
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
@@ -103,11 +233,11 @@ def to_wire_param(param: object) -> object:
     """Check that `param` can travel and turn it into its JSON form.
 
     Accepted: str, int, float (finite), bool, None, list / tuple, dict with str keys, UUID,
-    datetime / date, and attrs instances (via cattrs). Anything else is a `TypeError` naming
-    the type and where it was found.
+    datetime / date, and attrs instances (via cattrs), nested at most `MAX_PARAM_DEPTH` deep.
+    Anything else is a `TypeError` naming the type (or the depth) and where it was found.
     """
     try:
-        convert = _needs_conversion(param)
+        convert = _needs_conversion(param, MAX_PARAM_DEPTH)
     except _Unsendable as error:
         where = "param" + "".join(reversed(error.path))
         raise TypeError(f"{where} {error.problem}") from None
@@ -123,8 +253,11 @@ class _Unsendable(Exception):
 _SCALARS = frozenset({str, int, bool, type(None)})
 
 
-def _needs_conversion(value: object) -> bool:
-    """Raise `_Unsendable` for what cannot travel; say whether cattrs must convert something."""
+def _needs_conversion(value: object, depth: int) -> bool:
+    """Raise `_Unsendable` for what cannot travel; say whether cattrs must convert something.
+
+    `depth` is how many more levels of lists, dicts and attrs instances may nest here.
+    """
     kind = type(value)
     if kind in _SCALARS:
         return False
@@ -132,6 +265,11 @@ def _needs_conversion(value: object) -> bool:
         if not math.isfinite(value):  # type: ignore[arg-type]
             raise _Unsendable(f"is {value!r}: only finite floats can be sent as JSON")
         return False
+    if depth <= 0 and (kind is dict or isinstance(value, list | tuple) or attrs.has(kind)):
+        raise _Unsendable(
+            f"nests lists, dicts or attrs instances deeper than {MAX_PARAM_DEPTH} levels "
+            "(receivers refuse deeper envelopes): flatten it or send an id to look up"
+        )
     if kind is dict:
         for key in value:  # type: ignore[attr-defined]
             if type(key) is not str:
@@ -139,9 +277,9 @@ def _needs_conversion(value: object) -> bool:
                     f"has a key of type {type(key).__name__} ({key!r}): "
                     "dict keys of an event param must be str"
                 )
-        return _items_need_conversion(value.items(), "[{!r}]")  # type: ignore[attr-defined]
+        return _items_need_conversion(value.items(), "[{!r}]", depth)  # type: ignore[attr-defined]
     if isinstance(value, list | tuple):
-        return _items_need_conversion(enumerate(value), "[{}]") or isinstance(value, tuple)
+        return _items_need_conversion(enumerate(value), "[{}]", depth) or isinstance(value, tuple)
     if isinstance(value, uuid.UUID | datetime.datetime | datetime.date):
         return True
     if isinstance(value, _JSON_SCALARS):  # subclasses, such as str and int enums
@@ -150,7 +288,7 @@ def _needs_conversion(value: object) -> bool:
         return True
     if attrs.has(kind):
         fields = ((f.name, getattr(value, f.name)) for f in attrs.fields(kind))
-        _items_need_conversion(fields, ".{}")
+        _items_need_conversion(fields, ".{}", depth)
         return True
     raise _Unsendable(
         f"has type {kind.__module__}.{kind.__qualname__}, which cannot be sent: use str, int, "
@@ -164,13 +302,13 @@ def _sign(keyed: hmac.HMAC, body: bytes) -> bytes:
     return mac.hexdigest().encode()
 
 
-def _items_need_conversion(items: Iterable[tuple[object, object]], label: str) -> bool:
+def _items_need_conversion(items: Iterable[tuple[object, object]], label: str, depth: int) -> bool:
     convert = False
     for key, item in items:
         if type(item) in _SCALARS:  # the common case, without a call
             continue
         try:
-            convert = _needs_conversion(item) or convert
+            convert = _needs_conversion(item, depth - 1) or convert
         except _Unsendable as error:
             error.path.append(label.format(key))  # formatted only on the error path
             raise
@@ -181,23 +319,54 @@ def _key_id_for(secret: str) -> str:
     return hashlib.sha256(b"eventbroker-key-id:" + secret.encode()).hexdigest()[:8]
 
 
+MIN_SECRET_LENGTH = 16
+
+
 def normalize_keys(
     secret: str | list[str] | tuple[str, ...] | Mapping[str, str],
 ) -> dict[str, bytes]:
-    """Keys by key id, the signing key first. Ids are derived from the secret unless given."""
+    """Keys by key id, the signing key first. Ids are derived from the secret unless given.
+
+    Refuses (`ValueError` naming the rule and ``EVENTBROKER_SECRET``, never the secret): no
+    secret, a secret that is not a str, blank or shorter than `MIN_SECRET_LENGTH` characters,
+    and a key id that is not a non-empty str (YAML turns ``2024:`` into an int).
+    """
     if isinstance(secret, str):
-        items = [(_key_id_for(secret), secret)]
+        items: list[tuple[object, object]] = [(_key_id_for(secret), secret)]
     elif isinstance(secret, Mapping):
         items = list(secret.items())
+    elif isinstance(secret, list | tuple):
+        items = [
+            (_key_id_for(s) if isinstance(s, str) else f"#{n + 1}", s) for n, s in enumerate(secret)
+        ]
     else:
-        items = [(_key_id_for(s), s) for s in secret]
+        raise ValueError(
+            f"EventBrokerOptions.secret must be a str, a list of str or a {{key id: secret}} "
+            f"dict, got {type(secret).__name__} (EVENTBROKER_SECRET)"
+        )
     if not items:
-        raise ValueError("EventBrokerOptions.secret is empty: give at least one secret")
+        raise ValueError(
+            "EventBrokerOptions.secret is empty: give at least one secret (EVENTBROKER_SECRET)"
+        )
     keys: dict[str, bytes] = {}
     for key_id, value in items:
-        if not isinstance(value, str) or not value:
+        if type(key_id) is not str or not key_id.strip():
             raise ValueError(
-                f"EventBrokerOptions.secret has an empty or non-str secret for key id {key_id!r}"
+                f"EventBrokerOptions.secret has key id {key_id!r} of type {type(key_id).__name__}"
+                ": key ids must be non-empty str (quote them in YAML: '2024': ...); every peer "
+                "would refuse messages signed with it as unknown_key"
+            )
+        if not isinstance(value, str):
+            raise ValueError(
+                f"EventBrokerOptions.secret for key id {key_id!r} is a {type(value).__name__}, "
+                "not a str (EVENTBROKER_SECRET)"
+            )
+        if len(value.strip()) < MIN_SECRET_LENGTH:
+            what = "blank" if not value.strip() else f"{len(value.strip())} characters long"
+            raise ValueError(
+                f"EventBrokerOptions.secret for key id {key_id!r} is {what}: secrets must have at "
+                f"least {MIN_SECRET_LENGTH} characters (EVENTBROKER_SECRET); generate one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         keys[key_id] = value.encode()
     return keys
@@ -232,11 +401,17 @@ class EnvelopeCodec:
                 envelope.sequence,
                 envelope.sent_at,
                 envelope.param,
+                envelope.started_at,
+                envelope.host,
             )
         )
 
+    def encode_heartbeat(self, heartbeat: Heartbeat) -> bytes:
+        """The signed wire bytes of a control message."""
+        return self.encode_fields(heartbeat_fields(heartbeat))
+
     def encode_fields(self, fields: dict[str, Any]) -> bytes:
-        """`encode` for fields from `envelope_fields`."""
+        """`encode` for fields from `envelope_fields` or `heartbeat_fields`."""
         fields["key_id"] = self.signing_key_id  # this codec's signing key signs
         body = _encoder.encode(fields).encode()
         signature = _sign(self._signing_key, body)
@@ -248,8 +423,8 @@ class EnvelopeCodec:
             )
         return wire
 
-    def decode(self, wire: bytes, now: float) -> Envelope:
-        """Verify and parse; raises `EnvelopeError` with the cause of any refusal."""
+    def decode(self, wire: bytes, now: float) -> Envelope | Heartbeat:
+        """Verify and parse any bytes; raises only `EnvelopeError`, with the refusal's cause."""
         if len(wire) > self.max_message_bytes:
             raise EnvelopeError(
                 "oversize", f"{len(wire)} bytes, over max_message_bytes={self.max_message_bytes}"
@@ -258,66 +433,115 @@ class EnvelopeCodec:
             raise EnvelopeError("malformed", "not a signed envelope")
         body = b"{" + wire[_BODY_AT:]
         try:
-            fields = _decoder.decode(body.decode())
-        except (ValueError, UnicodeDecodeError) as error:
-            raise EnvelopeError("malformed", f"invalid JSON: {error}") from None
+            fields = parse_json(body)
+        except (ValueError, UnicodeDecodeError, RecursionError) as error:
+            raise EnvelopeError("malformed", f"invalid JSON: {_short(str(error))}") from None
         if type(fields) is not dict:
             raise EnvelopeError("malformed", "the envelope is not a JSON object")
         version = fields.get("version")
-        if version != VERSION or type(version) is not int:
+        if type(version) is not int or version not in (VERSION, CONTROL_VERSION):
             raise EnvelopeError(
-                "unknown_version", f"envelope version {version!r}, expected {VERSION}"
+                "unknown_version",
+                f"envelope version {_short(repr(version))}, expected {VERSION} or "
+                f"{CONTROL_VERSION}: a newer release sent it",
+                _claimed_sender(fields),
             )
-        key_id = fields.get("key_id")
+        key_id: str = fields.get("key_id")  # type: ignore[assignment]  # checked next
         key = self._keys.get(key_id) if type(key_id) is str else None
         if key is None:
-            raise EnvelopeError("unknown_key", f"unknown key id {key_id!r}")
+            raise EnvelopeError(
+                "unknown_key", f"unknown key id {_short(repr(key_id))}", _claimed_sender(fields)
+            )
         expected = _sign(key, body)
         if not hmac.compare_digest(expected, wire[len(_PREFIX) : len(_PREFIX) + _SIG_LEN]):
             raise EnvelopeError("bad_signature", "the signature does not match the envelope")
         try:
-            message_id = fields["message_id"]
-            event_id = fields["event_id"]
-            raiser_id = fields["raiser_id"]
-            instance_id = fields["instance_id"]
-            application_name = fields["application_name"]
-            site_id = fields["site_id"]
-            sequence = fields["sequence"]
-            sent_at = fields["sent_at"]
-            param = fields["param"]
-        except KeyError as error:
-            raise EnvelopeError("malformed", f"the envelope has no field {error}") from None
-        if not (
-            type(message_id) is str
-            and type(event_id) is str
-            and type(raiser_id) is str
-            and type(instance_id) is str
-            and type(application_name) is str
-            and (site_id is None or type(site_id) is str)
-            and type(sequence) is int
-            and type(sent_at) in (float, int)
-        ):
-            raise EnvelopeError("malformed", "an envelope field has the wrong type")
-        try:
-            envelope = Envelope(
-                VERSION,
-                message_id,
-                parse_uuid(event_id),
-                parse_uuid(raiser_id),
-                instance_id,
-                application_name,
-                site_id,
-                sequence,
-                float(sent_at),
-                param,
-                str(key_id),
-            )
-        except ValueError as error:
-            raise EnvelopeError("malformed", f"bad envelope field: {error}") from None
-        if abs(now - envelope.sent_at) > self.replay_window:
+            message = (
+                _envelope(fields, key_id) if version == VERSION else _heartbeat(fields, key_id)
+            )  # key_id is a str: it named a key
+        except (KeyError, TypeError, ValueError) as error:
+            raise EnvelopeError("malformed", f"bad envelope field: {_short(str(error))}") from None
+        if not abs(now - message.sent_at) <= self.replay_window:
             raise EnvelopeError(
                 "replay_window",
-                f"sent_at {envelope.sent_at:.3f} is {now - envelope.sent_at:+.1f} s from now, "
+                f"sent_at {message.sent_at:.3f} is {now - message.sent_at:+.1f} s from now, "
                 f"outside the replay window of {self.replay_window} s",
             )
-        return envelope
+        return message
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _claimed_sender(fields: dict[str, Any]) -> dict[str, str]:
+    """What unverified `fields` say of their sender, as short reprs-safe strings."""
+    return {
+        name: _short(value, 80)
+        for name in ("instance_id", "host", "application_name")
+        if type(value := fields.get(name)) is str
+    } | ({"key_id": _short(key_id, 80)} if type(key_id := fields.get("key_id")) is str else {})
+
+
+def _text(fields: dict[str, Any], name: str, *, optional: bool = False) -> Any:
+    value = fields[name] if not optional else fields.get(name)
+    if value is None and optional:
+        return None
+    if type(value) is not str or len(value) > _MAX_ID:
+        raise TypeError(f"{name} must be a str of at most {_MAX_ID} characters")
+    return value
+
+
+def _time(fields: dict[str, Any], name: str, *, optional: bool = False) -> Any:
+    value: Any = fields[name] if not optional else fields.get(name)
+    if value is None and optional:
+        return None
+    # NaN fails every comparison; a huge int compares without overflowing float().
+    if type(value) not in (int, float) or not 0 <= value <= _MAX_TIME:
+        raise ValueError(f"{name} must be a time in seconds since the epoch")
+    return float(value)
+
+
+def _count(fields: dict[str, Any], name: str, low: int) -> int:
+    value = fields[name]
+    if type(value) is not int or not low <= value <= _MAX_SEQUENCE:
+        raise ValueError(f"{name} must be an int from {low} to 2**63-1")
+    return value
+
+
+def _envelope(fields: dict[str, Any], key_id: str) -> Envelope:
+    return Envelope(
+        VERSION,
+        _text(fields, "message_id"),
+        parse_uuid(_text(fields, "event_id")),
+        parse_uuid(_text(fields, "raiser_id")),
+        _text(fields, "instance_id"),
+        _text(fields, "application_name"),
+        _text(fields, "site_id", optional=True),
+        _count(fields, "sequence", 1),
+        _time(fields, "sent_at"),
+        fields["param"],
+        key_id,
+        _time(fields, "started_at", optional=True),
+        _text(fields, "host", optional=True),
+    )
+
+
+def _heartbeat(fields: dict[str, Any], key_id: str) -> Heartbeat:
+    interval = fields["interval"]
+    if type(interval) not in (int, float) or not 0 <= interval <= 86400:
+        raise ValueError("interval must be 0 to 86400 seconds")
+    return Heartbeat(
+        HeartbeatKind(fields["kind"]),
+        _text(fields, "message_id"),
+        _text(fields, "instance_id"),
+        _text(fields, "application_name"),
+        _text(fields, "site_id", optional=True),
+        _text(fields, "host"),
+        _time(fields, "started_at"),
+        _time(fields, "sent_at"),
+        _count(fields, "last_sequence", 0),
+        float(interval),
+        key_id,
+        fields.get("summary"),
+    )

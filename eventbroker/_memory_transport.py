@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import threading
 from collections import deque
@@ -16,6 +17,8 @@ from collections import deque
 import attrs
 
 from ._transport import ConnectionState, PublishError, Rejection, TransportMessage, TransportSink
+
+logger = logging.getLogger("eventbroker")
 
 
 @attrs.frozen
@@ -246,8 +249,7 @@ class InMemoryTransport:
             self._scheduled = False
             self._delivering = True  # taken from the inbox, not yet in flight: still busy
         sink = self._sink
-        deliver = sink.deliver if sink is not None else None
-        futures = [deliver(body) for body in batch] if deliver is not None else []
+        futures = [] if sink is None else [f for body in batch if (f := _deliver(sink, body))]
         with self._lock:
             self._delivering = False
             self._in_flight.extend(futures)
@@ -259,3 +261,12 @@ class InMemoryTransport:
         while in_flight and in_flight[0].done():
             in_flight.popleft()
         return bool(in_flight)
+
+
+def _deliver(sink: TransportSink, body: bytes) -> asyncio.Future[Rejection | None] | None:
+    """Hand one body to the sink; a sink that raises loses that message only, never the rest."""
+    try:
+        return sink.deliver(body)
+    except Exception:
+        logger.exception("the in-memory hub's receiver failed on a message; delivering the rest")
+        return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -21,8 +22,18 @@ def _secret(value: str | list[str] | tuple[str, ...] | Mapping[str, str]) -> Sec
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"EventBrokerOptions.{attribute.name} must be > 0, got {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(
+            f"EventBrokerOptions.{attribute.name} must be a finite number > 0, got {value!r}"
+        )
+
+
+def _not_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(
+            f"EventBrokerOptions.{attribute.name} must be a finite number >= 0 "
+            f"(0 turns it off), got {value!r}"
+        )
 
 
 @attrs.frozen
@@ -44,7 +55,19 @@ class EventBrokerOptions:
     replay_window: float = attrs.field(default=300.0, validator=_positive)
     """Envelopes whose send time is further than this from now (seconds) are refused."""
     dedup_capacity: int = attrs.field(default=100_000, validator=_positive)
-    """How many recent message ids are remembered to drop duplicates."""
+    """How many recent message ids are remembered to drop redeliveries cheaply (replays are
+    refused for the whole replay window whatever this is: by sequence number)."""
+    heartbeat_interval: float = attrs.field(default=30.0, validator=_not_negative)
+    """Seconds between presence heartbeats (0: none; an instance then appears only through
+    its events and hello)."""
+    heartbeat_idle_delay: float = attrs.field(default=1.0, validator=_not_negative)
+    """Seconds after its last event that an instance announces its last sequence number, so a
+    lost last event is detected (0: only presence heartbeats announce it)."""
+    connect_timeout: float = attrs.field(default=0.0, validator=_not_negative)
+    """How long `start()` waits for the first connection (0: return at once and connect in the
+    background)."""
+    stop_timeout: float = attrs.field(default=10.0, validator=_positive)
+    """`stop()` returns within this many seconds, whatever is down."""
 
     @application_name.validator
     def _check_name(self, attribute: attrs.Attribute[str], value: str) -> None:
@@ -73,6 +96,10 @@ class EventBrokerOptions:
             ("missed_event_timeout", float),
             ("replay_window", float),
             ("dedup_capacity", int),
+            ("heartbeat_interval", float),
+            ("heartbeat_idle_delay", float),
+            ("connect_timeout", float),
+            ("stop_timeout", float),
         ):
             variable = f"EVENTBROKER_{name.upper()}"
             if variable in env:

@@ -1,14 +1,23 @@
-"""Receiver-side state: duplicate detection by message id and per-source sequence gaps."""
+"""Receiver-side state: recent message ids, and what each source sent, received and lost.
+
+Pure state: every method takes `now` (seconds, the broker's clock) and nothing here reads a
+clock, sleeps or logs. Tested against a model with hypothesis.
+"""
 
 from __future__ import annotations
 
+import enum
 from collections import OrderedDict
 
 import attrs
 
 
 class DedupWindow:
-    """The most recent `capacity` message ids; `seen(id)` records it and says if it was known."""
+    """The most recent `capacity` message ids; `seen(id)` records it and says if it was known.
+
+    This is the cheap first check for redeliveries (at-least-once transports, hub duplicates);
+    `SequenceTracker` remembers what each source sent for the whole replay window.
+    """
 
     __slots__ = ("_capacity", "_ids")
 
@@ -38,82 +47,241 @@ class Gap:
     last: int
 
 
-class _Source:
-    __slots__ = ("high", "low", "missing")
+class Verdict(enum.Enum):
+    """What `SequenceTracker.observe` says of one sequence number."""
 
-    def __init__(self, sequence: int) -> None:
-        self.low = sequence
-        self.high = sequence
-        # Open gaps as [first, last, deadline]; few at a time, so a list is enough.
-        self.missing: list[list[float]] = []
+    NEW = "new"
+    """Not received before: dispatch it."""
+    SEEN = "seen"
+    """Received before (or given up on and reported): a replay, never dispatch it again."""
+
+
+class _Hole:
+    """Numbers `first..last` that have not arrived; `deadline` is None once reported."""
+
+    __slots__ = ("deadline", "first", "last")
+
+    def __init__(self, first: int, last: int, deadline: float | None) -> None:
+        self.first = first
+        self.last = last
+        self.deadline = deadline
+
+    def gap(self, source: str) -> Gap:
+        return Gap(source, self.first, self.last)
+
+
+class _Source:
+    """One source's numbers: `low..high` is the known range; `holes` lists the numbers in it
+    that never arrived, in order."""
+
+    __slots__ = ("high", "holes", "last_seen", "low", "origin_known")
+
+    def __init__(self, low: int, high: int, origin_known: bool, now: float) -> None:
+        self.low = low
+        self.high = high
+        self.origin_known = origin_known
+        """Whether the source's stream is known to start at `low` (nothing before it exists)."""
+        self.holes: list[_Hole] = []
+        self.last_seen = now
 
 
 class SequenceTracker:
-    """Tracks each source's sequence numbers and reports gaps not filled within `timeout`.
+    """Tracks each source's sequence numbers: duplicates, replays and losses.
 
-    A source's known range grows from the first number seen in both directions; numbers
-    between known ones that have not arrived are open gaps. A late arrival fills (or splits) its
-    gap; `expired(now)` removes and returns the gaps whose deadline has passed, each once.
-    Messages lost after a source's last message cannot be seen until it sends again.
+    * `observe(source, n, now)` says whether number `n` is new or was received before.
+      Numbers between known ones that have not arrived are *holes*; a hole not filled within
+      `timeout` is reported once by `expired(now)`. A late arrival fills its hole (and is new).
+    * The first number seen from a source may not be its first: what came before is unknown,
+      unless the source is known to have started after this receiver subscribed
+      (`started_after_subscription`) or its hello was received (`hello`). Then every number
+      from 1 (or after the hello's) is expected, and a lost first message is a hole.
+    * `heartbeat(source, last, now)` says the source has sent up to `last`: numbers beyond what
+      arrived become holes, so a lost *last* message shows without waiting for the next one.
+    * Memory is bounded: at most `max_holes` holes per source (the oldest beyond that is
+      reported at once and then counts as received) and `max_sources` sources; a source not
+      heard from for `retention` seconds is forgotten (its envelopes are then outside the
+      replay window anyway).
     """
 
-    def __init__(self, timeout: float, *, max_sources: int = 10_000) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        *,
+        retention: float = 360.0,
+        max_sources: int = 10_000,
+        max_holes: int = 1_000,
+    ) -> None:
         self.timeout = timeout
+        self.retention = retention
         self._max_sources = max_sources
-        self._sources: OrderedDict[str, _Source] = OrderedDict()
+        self._max_holes = max_holes
+        self._sources: OrderedDict[str, _Source] = OrderedDict()  # least recently heard first
+        self._overflow: list[Gap] = []  # holes dropped to bound memory, reported next expiry
+        self.evicted_early = 0
+        """Sources forgotten before `retention` because `max_sources` was reached."""
 
-    def observe(self, source: str, sequence: int, now: float) -> None:
+    # -- observations -----------------------------------------------------------------------
+
+    def observe(
+        self, source: str, sequence: int, now: float, *, started_after_subscription: bool = False
+    ) -> Verdict:
+        """Record that `sequence` arrived from `source`; NEW, or SEEN for a replay."""
         state = self._sources.get(source)
         if state is None:
-            self._sources[source] = _Source(sequence)
-            if len(self._sources) > self._max_sources:
-                self._sources.popitem(last=False)
-            return
-        self._sources.move_to_end(source)
-        deadline = now + self.timeout
-        if sequence > state.high:
-            if sequence > state.high + 1:
-                state.missing.append([state.high + 1, sequence - 1, deadline])
-            state.high = sequence
-        elif sequence < state.low:
-            if sequence < state.low - 1:
-                state.missing.append([sequence + 1, state.low - 1, deadline])
-            state.low = sequence
+            if started_after_subscription:
+                state = self._add(source, _Source(1, 0, True, now))
+            else:
+                self._add(source, _Source(sequence, sequence, False, now))
+                return Verdict.NEW
         else:
-            self._fill(state, sequence)
+            self._touch(source, state, now)
+            if started_after_subscription and not state.origin_known:
+                self._know_origin(source, state, 1, now)
+        if sequence > state.high:
+            self._open(source, state, state.high + 1, sequence - 1, now)
+            state.high = sequence
+            return Verdict.NEW
+        if sequence < state.low:
+            if state.origin_known:
+                return Verdict.SEEN  # before the stream's start: cannot be new
+            self._open(source, state, sequence + 1, state.low - 1, now)
+            state.low = sequence
+            return Verdict.NEW
+        return Verdict.NEW if self._fill(state, sequence) else Verdict.SEEN
 
-    @staticmethod
-    def _fill(state: _Source, sequence: int) -> None:
-        for index, gap in enumerate(state.missing):
-            first, last, deadline = gap
-            if first <= sequence <= last:
-                pieces = []
-                if first < sequence:
-                    pieces.append([first, sequence - 1, deadline])
-                if sequence < last:
-                    pieces.append([sequence + 1, last, deadline])
-                state.missing[index : index + 1] = pieces
-                return
+    def heartbeat(
+        self,
+        source: str,
+        last_sequence: int,
+        now: float,
+        *,
+        hello: bool = False,
+        started_after_subscription: bool = False,
+    ) -> None:
+        """`source` says it has sent every number up to `last_sequence`.
+
+        With `hello` (the first message of its stream) or `started_after_subscription`, every
+        number after its start is expected here.
+        """
+        origin = last_sequence + 1 if hello else 1 if started_after_subscription else None
+        state = self._sources.get(source)
+        if state is None:
+            start = last_sequence + 1 if origin is None else origin
+            state = self._add(source, _Source(start, start - 1, origin is not None, now))
+        else:
+            self._touch(source, state, now)
+            if origin is not None and not state.origin_known:
+                self._know_origin(source, state, origin, now)
+        if last_sequence > state.high:
+            self._open(source, state, state.high + 1, last_sequence, now)
+            state.high = last_sequence
+
+    def forget(self, source: str) -> list[Gap]:
+        """Drop `source` at once (it said goodbye long ago); returns its unreported holes."""
+        state = self._sources.pop(source, None)
+        return [] if state is None else _unreported(source, state)
+
+    # -- reporting --------------------------------------------------------------------------
 
     def expired(self, now: float) -> list[Gap]:
-        """Remove and return every gap whose deadline is at or before `now`."""
-        gaps: list[Gap] = []
+        """Holes whose deadline is at or before `now`, each reported once (oldest first).
+
+        Also forgets sources not heard from for `retention` seconds.
+        """
+        gaps, self._overflow = self._overflow, []
+        idle: list[str] = []
         for source, state in self._sources.items():
-            if not state.missing:
+            if now - state.last_seen > self.retention:
+                idle.append(source)
                 continue
-            keep = []
-            for gap in state.missing:
-                if gap[2] <= now:
-                    gaps.append(Gap(source, int(gap[0]), int(gap[1])))
-                else:
-                    keep.append(gap)
-            state.missing = keep
+            for hole in state.holes:
+                if hole.deadline is not None and hole.deadline <= now:
+                    gaps.append(hole.gap(source))
+                    hole.deadline = None
+        for source in idle:
+            gaps += self.forget(source)
         return gaps
 
     def open_gaps(self) -> list[Gap]:
-        """The gaps still waiting to be filled (for diagnostics)."""
+        """The holes still waiting to be filled (not yet reported)."""
         return [
-            Gap(source, int(gap[0]), int(gap[1]))
-            for source, state in self._sources.items()
-            for gap in state.missing
+            gap for source, state in self._sources.items() for gap in _unreported(source, state)
         ]
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of an unreported hole (None when there is none)."""
+        deadlines = [
+            hole.deadline
+            for state in self._sources.values()
+            for hole in state.holes
+            if hole.deadline is not None
+        ]
+        return min(deadlines, default=None)
+
+    def last_sequence(self, source: str) -> int | None:
+        """The highest number known to be sent by `source` (None when unknown)."""
+        state = self._sources.get(source)
+        return None if state is None or state.high < state.low else state.high
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def __contains__(self, source: object) -> bool:
+        return source in self._sources
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _add(self, source: str, state: _Source) -> _Source:
+        self._sources[source] = state
+        if len(self._sources) > self._max_sources:
+            oldest, dropped = self._sources.popitem(last=False)
+            self.evicted_early += 1
+            self._overflow += _unreported(oldest, dropped)
+        return state
+
+    def _touch(self, source: str, state: _Source, now: float) -> None:
+        state.last_seen = now
+        self._sources.move_to_end(source)
+
+    def _know_origin(self, source: str, state: _Source, origin: int, now: float) -> None:
+        state.origin_known = True
+        if origin < state.low:
+            self._open(source, state, origin, state.low - 1, now)
+            state.low = origin
+
+    def _open(self, source: str, state: _Source, first: int, last: int, now: float) -> None:
+        if first > last:
+            return
+        holes = state.holes
+        holes.append(_Hole(first, last, now + self.timeout))
+        if len(holes) > 1 and first < holes[-2].first:
+            holes.sort(key=_first)
+        if len(holes) > self._max_holes:
+            oldest = holes.pop(0)
+            if oldest.deadline is not None:
+                self._overflow.append(oldest.gap(source))
+
+    @staticmethod
+    def _fill(state: _Source, sequence: int) -> bool:
+        """Take `sequence` out of its hole; False when it is in none (received before)."""
+        holes = state.holes
+        for index, hole in enumerate(holes):
+            if hole.first <= sequence <= hole.last:
+                pieces = []
+                if hole.first < sequence:
+                    pieces.append(_Hole(hole.first, sequence - 1, hole.deadline))
+                if sequence < hole.last:
+                    pieces.append(_Hole(sequence + 1, hole.last, hole.deadline))
+                holes[index : index + 1] = pieces
+                return True
+            if sequence < hole.first:
+                break  # holes are in order
+        return False
+
+
+def _first(hole: _Hole) -> int:
+    return hole.first
+
+
+def _unreported(source: str, state: _Source) -> list[Gap]:
+    return [hole.gap(source) for hole in state.holes if hole.deadline is not None]

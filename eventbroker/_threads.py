@@ -74,14 +74,16 @@ class IoLoop:
             return await coro
         return await asyncio.wrap_future(self.submit(coro))
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loop; wait up to `timeout` seconds for its thread (a daemon) to end."""
         loop, thread = self.loop, self._thread
         self.loop = None
         self._thread = None
         if loop is not None and thread is not None:
-            loop.call_soon_threadsafe(loop.stop)
+            with contextlib.suppress(RuntimeError):  # closed already
+                loop.call_soon_threadsafe(loop.stop)
             if thread is not threading.current_thread():
-                thread.join(10)
+                thread.join(timeout)
 
 
 class Dispatcher:
@@ -156,13 +158,19 @@ class Dispatcher:
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                     self._loop.call_soon_threadsafe(_resolve, done)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Let queued work finish, up to `timeout` seconds (a stuck handler is abandoned)."""
         thread, self._thread = self._thread, None
         if thread is not None:
             self._flush()  # what this loop turn submitted still runs
             self._queue.put(None)
             if thread is not threading.current_thread():
-                thread.join(10)
+                thread.join(timeout)
+                if thread.is_alive():
+                    logger.warning(
+                        "a plain event handler is still running after %.3g s at stop: abandoned",
+                        timeout,
+                    )
 
 
 _Work = tuple[Callable[[], None], "asyncio.Future[Any] | None", Any]

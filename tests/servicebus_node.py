@@ -28,7 +28,8 @@ def main(conn: str, admin: str, index: int, nodes: int, count: int) -> None:
         reconnect_max_backoff=0.5,
     )
     broker = EventBroker(
-        ServiceBusTransport(options), EventBrokerOptions(secret="procs", application_name="shop")
+        ServiceBusTransport(options),
+        EventBrokerOptions(secret="procs-0123456789abcdef", application_name="shop"),
     )
     event = EventRegistry(broker).get(EVENT)
     received: list[str] = []

@@ -48,7 +48,7 @@ envelopes = st.builds(
 
 def codec(keys: dict[str, str] | None = None) -> EnvelopeCodec:
     return EnvelopeCodec(
-        normalize_keys(keys or {"k1": "secret-one"}),
+        normalize_keys(keys or {"k1": "secret-one-0123456789"}),
         max_message_bytes=256 * 1024,
         replay_window=300,
     )
@@ -76,29 +76,35 @@ def test_key_rotation() -> None:
     sample = Envelope(
         VERSION, "m1", uuid.uuid4(), uuid.uuid4(), "i", "a", None, 1, NOW, {"x": 1}, "old"
     )
-    old_only = codec({"old": "secret-old"})
+    old_only = codec({"old": "secret-old-0123456789"})
     wire = old_only.encode(sample)
     # Both keys configured, new one signing: messages signed with the old key still verify.
-    rotating = codec({"new": "secret-new", "old": "secret-old"})
+    rotating = codec({"new": "secret-new-0123456789", "old": "secret-old-0123456789"})
     assert rotating.decode(wire, NOW) == sample
     assert rotating.signing_key_id == "new"
     with pytest.raises(EnvelopeError, match="unknown key id 'new'"):
         old_only.decode(rotating.encode(sample), NOW)  # a peer not yet given the new key
     # After the old key is removed, old-key messages fail.
-    new_only = codec({"new": "secret-new"})
+    new_only = codec({"new": "secret-new-0123456789"})
     with pytest.raises(EnvelopeError) as refused:
         new_only.decode(wire, NOW)
     assert refused.value.reason == "unknown_key"
     # A key id that is known but with another secret is a bad signature.
-    impostor = codec({"old": "secret-impostor"})
+    impostor = codec({"old": "secret-impostor-0123456789"})
     with pytest.raises(EnvelopeError) as refused:
         impostor.decode(wire, NOW)
     assert refused.value.reason == "bad_signature"
 
 
 def test_a_list_of_secrets_signs_with_the_first_and_verifies_with_all() -> None:
-    a = EnvelopeCodec(normalize_keys(("one", "two")), max_message_bytes=1 << 16, replay_window=300)
-    b = EnvelopeCodec(normalize_keys(("two",)), max_message_bytes=1 << 16, replay_window=300)
+    a = EnvelopeCodec(
+        normalize_keys(("one-0123456789abcdef", "two-0123456789abcdef")),
+        max_message_bytes=1 << 16,
+        replay_window=300,
+    )
+    b = EnvelopeCodec(
+        normalize_keys(("two-0123456789abcdef",)), max_message_bytes=1 << 16, replay_window=300
+    )
     sample = Envelope(VERSION, "m", uuid.uuid4(), uuid.uuid4(), "i", "a", None, 1, NOW, None, "x")
     assert a.decode(b.encode(sample), NOW).message_id == "m"
 
@@ -106,20 +112,53 @@ def test_a_list_of_secrets_signs_with_the_first_and_verifies_with_all() -> None:
 def test_bad_secrets_are_refused_naming_the_problem() -> None:
     with pytest.raises(ValueError, match="empty"):
         EventBrokerOptions(secret=[])
-    with pytest.raises(ValueError, match="empty or non-str"):
+    with pytest.raises(ValueError, match="is blank"):
         EventBrokerOptions(secret={"k": ""})
     with pytest.raises(ValueError, match="EVENTBROKER_SECRET"):
         EventBrokerOptions.from_env({})
     opts = EventBrokerOptions.from_env(
-        {"EVENTBROKER_SECRET": "new, old", "EVENTBROKER_MISSED_EVENT_TIMEOUT": "2.5"}
+        {
+            "EVENTBROKER_SECRET": "new-0123456789abcdef, old-0123456789abcdef",
+            "EVENTBROKER_MISSED_EVENT_TIMEOUT": "2.5",
+        }
     )
-    assert opts.secret == ("new", "old") and opts.missed_event_timeout == 2.5
+    assert opts.secret == ("new-0123456789abcdef", "old-0123456789abcdef")
+    assert opts.missed_event_timeout == 2.5
     with pytest.raises(ValueError, match="EVENTBROKER_DEDUP_CAPACITY='many'"):
         EventBrokerOptions.from_env(
-            {"EVENTBROKER_SECRET": "s", "EVENTBROKER_DEDUP_CAPACITY": "many"}
+            {"EVENTBROKER_SECRET": "test-secret-0123456789", "EVENTBROKER_DEDUP_CAPACITY": "many"}
         )
     with pytest.raises(ValueError, match="missed_event_timeout"):
-        EventBrokerOptions(secret="s", missed_event_timeout=0)
+        EventBrokerOptions(secret="test-secret-0123456789", missed_event_timeout=0)
+
+
+@pytest.mark.parametrize(
+    "secret", ["", "   ", "\t\n", "short", "fifteen-chars-x", " " * 20 + "abc"]
+)
+def test_blank_and_short_secrets_are_refused_naming_the_rule_never_the_secret(secret: str) -> None:
+    for form in (secret, [secret], {"main": secret}):
+        with pytest.raises(ValueError, match=r"at least 16 characters|blank") as refused:
+            EventBrokerOptions(secret=form)  # type: ignore[arg-type]
+        assert "EVENTBROKER_SECRET" in str(refused.value)
+        if secret.strip():
+            assert secret.strip() not in str(refused.value)
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        EventBrokerOptions.from_env({"EVENTBROKER_SECRET": "short"})
+    EventBrokerOptions(secret="x" * 16)  # exactly 16 is enough
+
+
+@pytest.mark.parametrize("key_id", [2024, 1.5, None, b"k1", ("a",), "", "  "])
+def test_a_key_id_that_is_not_a_non_empty_str_is_refused_at_construction(key_id: object) -> None:
+    # YAML turns `2024: secret` into an int key: every peer would refuse every message.
+    with pytest.raises(ValueError, match="key ids must be non-empty str"):
+        EventBrokerOptions(secret={key_id: "long-enough-secret-0123"})  # type: ignore[dict-item]
+
+
+def test_a_non_str_secret_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a str"):
+        EventBrokerOptions(secret={"k": 12345678901234567890})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="must be a str, a list of str"):
+        EventBrokerOptions(secret=12345678901234567890)  # type: ignore[arg-type]
 
 
 class Receiver:
@@ -129,7 +168,7 @@ class Receiver:
         self.broker = EventBroker(
             self.transport,
             EventBrokerOptions(
-                secret={"k1": "secret-one"}, application_name="a", max_message_bytes=4096
+                secret={"k1": "secret-one-0123456789"}, application_name="a", max_message_bytes=4096
             ),
             clock=self.clock,
         )
@@ -138,7 +177,9 @@ class Receiver:
         self.broker.event_received.subscribe(self.got.append)
         self.broker.start()
         self.codec = EnvelopeCodec(
-            normalize_keys({"k1": "secret-one"}), max_message_bytes=1 << 20, replay_window=300
+            normalize_keys({"k1": "secret-one-0123456789"}),
+            max_message_bytes=1 << 20,
+            replay_window=300,
         )
         self.sequence = 0
 
@@ -182,15 +223,17 @@ def test_each_bad_input_is_counted_never_dispatched_and_the_next_good_one_flows(
 ) -> None:
     good_fields = json.loads(b"{" + receiver.good()[74:])
     receiver.sequence -= 1
-    unknown_version = resign({**good_fields, "version": 99}, b"secret-one")
-    bad_field = resign({**good_fields, "sequence": "seven"}, b"secret-one")
+    unknown_version = resign({**good_fields, "version": 99}, b"secret-one-0123456789")
+    bad_field = resign({**good_fields, "sequence": "seven"}, b"secret-one-0123456789")
     tampered = bytearray(receiver.good(param="pay 1"))
     tampered[tampered.index(b"pay 1") + 4] = ord("9")
     receiver.sequence -= 1
     cases = {
         "bad_signature": bytes(tampered),
         "unknown_key": EnvelopeCodec(
-            normalize_keys({"k2": "secret-one"}), max_message_bytes=4096, replay_window=300
+            normalize_keys({"k2": "secret-one-0123456789"}),
+            max_message_bytes=4096,
+            replay_window=300,
         ).encode(
             Envelope(**{**good_fields, "event_id": uuid.UUID(int=1), "raiser_id": uuid.UUID(int=2)})
         ),

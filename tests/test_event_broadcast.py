@@ -51,7 +51,9 @@ class Farm:
         self.brokers = [
             EventBroker(
                 InMemoryTransport(self.hub),
-                EventBrokerOptions(secret="farm-secret", application_name="shop", **options),  # type: ignore[arg-type]
+                EventBrokerOptions(
+                    secret="farm-secret-0123456789abcdef", application_name="shop", **options
+                ),  # type: ignore[arg-type]
             )
             for _ in range(n)
         ]
@@ -244,7 +246,9 @@ def test_too_large_param_fails_at_raise_time_naming_both_sizes() -> None:
 
 
 def test_broadcast_before_start_is_a_clear_error() -> None:
-    broker = EventBroker(InMemoryTransport(InMemoryHub()), EventBrokerOptions(secret="s"))
+    broker = EventBroker(
+        InMemoryTransport(InMemoryHub()), EventBrokerOptions(secret="test-secret-0123456789")
+    )
     registry = EventRegistry(broker)
     with pytest.raises(RuntimeError, match=r"broker\.start\(\)"):
         registry.get(EVENT).raise_(RAISER, 1)
@@ -280,10 +284,12 @@ def test_hub_down_raises_publish_error_then_reconnect_fires_event_missed(farm: F
 def test_other_application_on_the_same_hub_is_ignored() -> None:
     hub = InMemoryHub()
     shop = EventBroker(
-        InMemoryTransport(hub), EventBrokerOptions(secret="s", application_name="shop")
+        InMemoryTransport(hub),
+        EventBrokerOptions(secret="test-secret-0123456789", application_name="shop"),
     )
     blog = EventBroker(
-        InMemoryTransport(hub), EventBrokerOptions(secret="s", application_name="blog")
+        InMemoryTransport(hub),
+        EventBrokerOptions(secret="test-secret-0123456789", application_name="blog"),
     )
     EventRegistry(shop)
     got: list[EventReceivedEventArgs] = []
@@ -297,8 +303,8 @@ def test_other_application_on_the_same_hub_is_ignored() -> None:
 
 async def test_async_context_manager_and_raise_event_async() -> None:
     hub = InMemoryHub()
-    a = EventBroker(InMemoryTransport(hub), EventBrokerOptions(secret="s"))
-    b = EventBroker(InMemoryTransport(hub), EventBrokerOptions(secret="s"))
+    a = EventBroker(InMemoryTransport(hub), EventBrokerOptions(secret="test-secret-0123456789"))
+    b = EventBroker(InMemoryTransport(hub), EventBrokerOptions(secret="test-secret-0123456789"))
     got: list[object] = []
 
     async def on_received(args: EventReceivedEventArgs) -> None:

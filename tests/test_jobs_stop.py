@@ -24,7 +24,10 @@ from ._jobs_helpers import BlockingJob
 def farm(tmp_path: Path) -> Iterator[list[tuple[JobScheduler, BlockingJob]]]:
     hub = InMemoryHub()
     brokers = [
-        EventBroker(InMemoryTransport(hub), EventBrokerOptions(secret="s", application_name="jobs"))
+        EventBroker(
+            InMemoryTransport(hub),
+            EventBrokerOptions(secret="test-secret-0123456789", application_name="jobs"),
+        )
         for _ in range(2)
     ]
     farm = []

@@ -76,7 +76,7 @@ class Receiver:
         self.transport = ManualTransport()
         self.broker = EventBroker(
             self.transport,
-            EventBrokerOptions(secret="k", missed_event_timeout=TIMEOUT),
+            EventBrokerOptions(secret="test-secret-0123456789", missed_event_timeout=TIMEOUT),
             clock=self.clock,
         )
         registry = EventRegistry(self.broker)
@@ -88,7 +88,7 @@ class Receiver:
         self.broker.event_missed.subscribe(self.missed.append)
         self.broker.start()
         self.codec = EnvelopeCodec(
-            normalize_keys("k"), max_message_bytes=1 << 16, replay_window=300
+            normalize_keys("test-secret-0123456789"), max_message_bytes=1 << 16, replay_window=300
         )
 
 
@@ -159,10 +159,12 @@ def test_drop_duplicate_reorder_yield_exactly_the_right_missed_set(
 def test_random_faults_on_the_hub_never_dispatch_twice_and_report_every_gap() -> None:
     clock = FakeClock()
     hub = InMemoryHub(HubFaults(drop=0.1, duplicate=0.2, reorder=0.2, seed=1234))
-    sender = EventBroker(InMemoryTransport(hub), EventBrokerOptions(secret="k"), clock=clock)
+    sender = EventBroker(
+        InMemoryTransport(hub), EventBrokerOptions(secret="test-secret-0123456789"), clock=clock
+    )
     receiver = EventBroker(
         InMemoryTransport(hub),
-        EventBrokerOptions(secret="k", missed_event_timeout=TIMEOUT),
+        EventBrokerOptions(secret="test-secret-0123456789", missed_event_timeout=TIMEOUT),
         clock=clock,
     )
     seqs: Counter[int] = Counter()
@@ -186,8 +188,12 @@ def test_random_faults_on_the_hub_never_dispatch_twice_and_report_every_gap() ->
 def test_delayed_delivery_arrives_once_and_out_of_order_within_the_timeout_is_no_miss() -> None:
     clock = FakeClock()
     hub = InMemoryHub(HubFaults(delay=0.05, seed=7))
-    sender = EventBroker(InMemoryTransport(hub), EventBrokerOptions(secret="k"), clock=clock)
-    receiver = EventBroker(InMemoryTransport(hub), EventBrokerOptions(secret="k"), clock=clock)
+    sender = EventBroker(
+        InMemoryTransport(hub), EventBrokerOptions(secret="test-secret-0123456789"), clock=clock
+    )
+    receiver = EventBroker(
+        InMemoryTransport(hub), EventBrokerOptions(secret="test-secret-0123456789"), clock=clock
+    )
     order: list[int] = []
     receiver.event_received.subscribe(lambda a: order.append(a.sequence))
     with sender, receiver:

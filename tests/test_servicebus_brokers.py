@@ -31,7 +31,7 @@ from .servicebus_support import TOPIC, sb_options
 
 EVENT = uuid.UUID("6a1f7c3e-0000-4000-8000-00000000e4e4")
 RAISER = uuid.UUID("6a1f7c3e-0000-4000-8000-0000000000a1")
-SECRET = "wire-secret"
+SECRET = "wire-secret-0123456789"
 
 
 class Node:

@@ -38,7 +38,9 @@ class Instance:
     def __init__(self, hub: InMemoryHub, l2: DistributedCache | None) -> None:
         self.broker = EventBroker(
             InMemoryTransport(hub),
-            EventBrokerOptions(secret="s", application_name="shop", missed_event_timeout=0.05),
+            EventBrokerOptions(
+                secret="test-secret-0123456789", application_name="shop", missed_event_timeout=0.05
+            ),
         )
         self.registry = EventRegistry(self.broker)
         self.broker.start()

@@ -1,0 +1,172 @@
+"""Presence: which instances of the application this broker has heard from, and when.
+
+Pure state with `now` passed in. An instance is added by its hello, heartbeats or events,
+removed by its bye, and drops out when not heard from for three of its heartbeat intervals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+MISSED_HEARTBEATS = 3
+"""An instance not heard from for this many heartbeat intervals drops out."""
+
+
+@attrs.frozen
+class InstanceInfo:
+    """One instance of the application (`EventBroker.instances`, `EventBroker.instance_info`)."""
+
+    instance_id: str
+    application_name: str
+    site_id: str | None
+    host: str | None
+    """None when its messages did not say (an older release)."""
+    started_at: float | None
+    """Seconds since the epoch (its own clock); None when unknown."""
+    last_seen: float
+    """When a message from it last arrived (this instance's clock)."""
+    last_sequence: int | None
+    """The highest event sequence number it is known to have sent (None: none yet)."""
+    heartbeat_interval: float | None
+    """Its presence heartbeat interval (0: it sends none; None: unknown)."""
+    summary: Mapping[str, Any] | None = None
+    """The small counter summary its last heartbeat carried, if any."""
+
+
+class _Record:
+    __slots__ = (
+        "application_name",
+        "heartbeat_interval",
+        "host",
+        "instance_id",
+        "last_seen",
+        "last_sequence",
+        "site_id",
+        "started_at",
+        "summary",
+    )
+
+    def __init__(self, instance_id: str, application_name: str, site_id: str | None) -> None:
+        self.instance_id = instance_id
+        self.application_name = application_name
+        self.site_id = site_id
+        self.host: str | None = None
+        self.started_at: float | None = None
+        self.last_seen = 0.0
+        self.last_sequence: int | None = None
+        self.heartbeat_interval: float | None = None
+        self.summary: Mapping[str, Any] | None = None
+
+    def info(self) -> InstanceInfo:
+        return InstanceInfo(
+            self.instance_id,
+            self.application_name,
+            self.site_id,
+            self.host,
+            self.started_at,
+            self.last_seen,
+            self.last_sequence,
+            self.heartbeat_interval,
+            self.summary,
+        )
+
+
+class Presence:
+    """The instances heard from, bounded by `max_instances` (least recently heard drop first)."""
+
+    def __init__(self, default_interval: float, *, max_instances: int = 10_000) -> None:
+        self.default_interval = default_interval
+        """Used for instances that did not say their interval (or send no presence)."""
+        self._max = max_instances
+        self._records: dict[str, _Record] = {}
+        self._last_heartbeat: dict[str, float] = {}  # sent_at of the newest heartbeat taken
+
+    def heartbeat(
+        self,
+        instance_id: str,
+        *,
+        sent_at: float,
+        now: float,
+        application_name: str,
+        site_id: str | None,
+        host: str,
+        started_at: float,
+        last_sequence: int,
+        interval: float,
+        summary: Any,
+    ) -> bool:
+        """Record a heartbeat; False for one not newer than the last taken (a replay)."""
+        if sent_at <= self._last_heartbeat.get(instance_id, float("-inf")):
+            return False
+        self._last_heartbeat[instance_id] = sent_at
+        record = self._record(instance_id, application_name, site_id)
+        record.host = host
+        record.started_at = started_at
+        record.last_seen = now
+        if last_sequence and last_sequence > (record.last_sequence or 0):
+            record.last_sequence = last_sequence
+        record.heartbeat_interval = interval
+        record.summary = summary if isinstance(summary, Mapping) else None
+        return True
+
+    def event(
+        self,
+        instance_id: str,
+        *,
+        now: float,
+        application_name: str,
+        site_id: str | None,
+        host: str | None,
+        started_at: float | None,
+        sequence: int,
+    ) -> None:
+        """Record an event from `instance_id` (adds it if its hello was never heard)."""
+        record = self._records.get(instance_id)
+        if record is None:
+            record = self._record(instance_id, application_name, site_id)
+            record.host = host
+            record.started_at = started_at
+        record.last_seen = now
+        if sequence > (record.last_sequence or 0):
+            record.last_sequence = sequence
+
+    def bye(self, instance_id: str) -> None:
+        self._records.pop(instance_id, None)
+
+    def expire(self, now: float) -> list[InstanceInfo]:
+        """Remove and return the instances silent for `MISSED_HEARTBEATS` intervals."""
+        gone = [r for r in self._records.values() if now - r.last_seen > self._limit(r)]
+        for record in gone:
+            del self._records[record.instance_id]
+            self._last_heartbeat.pop(record.instance_id, None)
+        return [record.info() for record in gone]
+
+    def instances(self) -> list[InstanceInfo]:
+        """Snapshots, ordered by host, start time and id."""
+        return sorted(
+            (record.info() for record in self._records.values()),
+            key=lambda i: (i.host or "", i.started_at or 0.0, i.instance_id),
+        )
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _limit(self, record: _Record) -> float:
+        interval = record.heartbeat_interval or self.default_interval
+        return MISSED_HEARTBEATS * interval if interval > 0 else float("inf")
+
+    def _record(self, instance_id: str, application_name: str, site_id: str | None) -> _Record:
+        records = self._records
+        record = records.get(instance_id)
+        if record is None:
+            record = records[instance_id] = _Record(instance_id, application_name, site_id)
+            if len(records) > self._max:
+                oldest = min(records.values(), key=lambda r: r.last_seen)
+                del records[oldest.instance_id]
+            if len(self._last_heartbeat) > 2 * self._max:
+                for stale in [k for k in self._last_heartbeat if k not in records]:
+                    del self._last_heartbeat[stale]
+        return record
