@@ -561,7 +561,7 @@ class EventBroker:
         )
 
     def _refuse(self, error: EnvelopeError, now: float) -> Rejection:
-        if error.reason == "unknown_key" and "instance_id" in error.sender:
+        if error.reason == "unknown_key" and {"instance_id", "key_id"} <= error.sender.keys():
             return self._unknown_key(error, now)
         return self._reject(error.reason, error.description, now)
 
@@ -581,7 +581,7 @@ class EventBroker:
             self._unknown_key_sources[source] += 1
         detail = (
             f"instance {source!r} on host {sender.get('host', 'unknown')!r} signs with key id "
-            f"{sender.get('key_id', '?')!r}, which this instance does not have"
+            f"{sender['key_id']!r}, which this instance does not have"
         )
         if len(self._unknown_key_detail) < 10 or source in self._unknown_key_detail:
             self._unknown_key_detail[source] = detail

@@ -440,10 +440,11 @@ class EnvelopeCodec:
             raise EnvelopeError("malformed", "the envelope is not a JSON object")
         version = fields.get("version")
         if type(version) is not int or version not in (VERSION, CONTROL_VERSION):
+            newer = type(version) is int and version > CONTROL_VERSION
             raise EnvelopeError(
                 "unknown_version",
                 f"envelope version {_short(repr(version))}, expected {VERSION} or "
-                f"{CONTROL_VERSION}: a newer release sent it",
+                f"{CONTROL_VERSION}" + (": a newer release sent it" if newer else ""),
                 _claimed_sender(fields),
             )
         key_id: str = fields.get("key_id")  # type: ignore[assignment]  # checked next
