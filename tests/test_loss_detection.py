@@ -459,7 +459,7 @@ def test_idle_heartbeats_cost_at_most_one_per_burst() -> None:
             for n in range(20):
                 broker.raise_event(EVENT, RAISER, n)
             clock.advance(IDLE)
-            wait_until(lambda: broker._heartbeat_sequence == broker._sequence)  # noqa: B023
+            wait_until(lambda: broker._heartbeat_sequence == broker._sequence)
         kinds = Counter(str(h["kind"]) for h in transport.heartbeats())
     assert kinds == {"hello": 1, "idle": 10}
     assert len(transport.events()) == 200
