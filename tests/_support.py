@@ -65,7 +65,6 @@ class ManualTransport:
 
         return asyncio.run_coroutine_threadsafe(deliver(), self.loop).result(10)
 
-
     def feed_many(self, bodies: list[bytes]) -> list[Rejection | None]:
         """`feed` for many bodies in one hop to the broker loop (fast for large counts)."""
         assert self.loop is not None and self.sink is not None, "start the broker first"

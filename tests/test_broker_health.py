@@ -64,7 +64,11 @@ def test_a_secret_mismatch_is_an_error_on_both_sides_naming_key_instance_host_an
         clock.advance(61)
         a.raise_event(EVENT, RAISER, "again")
         hub.drain()
-        again = [r for r in caplog.records if r.levelno == logging.ERROR and a.instance_id in r.getMessage()]
+        again = [
+            r
+            for r in caplog.records
+            if r.levelno == logging.ERROR and a.instance_id in r.getMessage()
+        ]
         assert len(again) == 2
         assert "more in the last minute" in again[-1].getMessage()
 

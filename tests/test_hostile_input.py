@@ -204,7 +204,9 @@ json_values = st.recursive(
     | st.integers(min_value=-(10**400), max_value=10**400)
     | st.floats()  # NaN and infinities included: the sender may be hostile
     | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -215,7 +217,10 @@ def test_any_json_value_signed_or_not_gives_a_refusal(value: object) -> None:
     body = json.dumps(value, separators=(",", ":")).encode()
     wrapped = json.dumps({"v": value}, separators=(",", ":")).encode()
     for raw in (body, wrapped):
-        for candidate in (b'{"sig":"' + b"0" * 64 + b'",' + raw[1:], sign(None, SECRET, raw=wrapped)):
+        for candidate in (
+            b'{"sig":"' + b"0" * 64 + b'",' + raw[1:],
+            sign(None, SECRET, raw=wrapped),
+        ):
             with pytest.raises(EnvelopeError) as refused:
                 codec().decode(candidate, NOW)
             assert refused.value.reason in CAUSES
@@ -231,7 +236,9 @@ def test_validly_signed_envelopes_whose_fields_take_any_json_value(
 ) -> None:
     fields = good_fields(**changes)
     if control:
-        fields.update(version=2, kind="presence", host="h", started_at=NOW, last_sequence=0, interval=30)
+        fields.update(
+            version=2, kind="presence", host="h", started_at=NOW, last_sequence=0, interval=30
+        )
         fields.update(changes)
     try:
         message = codec().decode(sign(fields, SECRET), NOW)

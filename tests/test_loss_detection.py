@@ -188,7 +188,8 @@ class Pair:
         self.got: list[int] = []
         self.receiver.event_received.subscribe(lambda a: self.got.append(a.sequence))
         self.cache = HybridCache(
-            CacheOptions(name="web"), backplane=EventBrokerBackplane(EventRegistry(self.receiver), self.receiver)
+            CacheOptions(name="web"),
+            backplane=EventBrokerBackplane(EventRegistry(self.receiver), self.receiver),
         )
         self.receiver.start()
         self.clock.advance(1)  # the sender starts after the receiver subscribed
@@ -285,7 +286,9 @@ def test_a_lost_first_message_of_a_sender_that_started_later_is_reported(
 def test_a_sender_that_started_before_the_receiver_is_no_false_gap() -> None:
     clock = FakeClock()
     hub = InMemoryHub()
-    opts = EventBrokerOptions(secret=SECRET, missed_event_timeout=TIMEOUT, heartbeat_idle_delay=IDLE)
+    opts = EventBrokerOptions(
+        secret=SECRET, missed_event_timeout=TIMEOUT, heartbeat_idle_delay=IDLE
+    )
     sender = EventBroker(InMemoryTransport(hub), opts, clock=clock)
     receiver = EventBroker(InMemoryTransport(hub), opts, clock=clock)
     missed: list[EventMissedEventArgs] = []
@@ -311,7 +314,9 @@ def test_a_sender_that_started_before_the_receiver_is_no_false_gap() -> None:
 def test_no_false_gaps_under_duplicate_and_reorder_load_and_across_reconnects() -> None:
     clock = FakeClock()
     hub = InMemoryHub(HubFaults(duplicate=0.3, reorder=0.3, seed=99))
-    opts = EventBrokerOptions(secret=SECRET, missed_event_timeout=TIMEOUT, heartbeat_idle_delay=IDLE)
+    opts = EventBrokerOptions(
+        secret=SECRET, missed_event_timeout=TIMEOUT, heartbeat_idle_delay=IDLE
+    )
     receiver = EventBroker(InMemoryTransport(hub), opts, clock=clock)
     senders = [EventBroker(InMemoryTransport(hub), opts, clock=clock) for _ in range(3)]
     missed: list[EventMissedEventArgs] = []
@@ -346,7 +351,9 @@ def test_no_false_gaps_under_duplicate_and_reorder_load_and_across_reconnects() 
 def test_random_loss_is_always_reported_exactly_with_heartbeats(drop: float, seed: int) -> None:
     clock = FakeClock()
     hub = InMemoryHub()
-    opts = EventBrokerOptions(secret=SECRET, missed_event_timeout=TIMEOUT, heartbeat_idle_delay=IDLE)
+    opts = EventBrokerOptions(
+        secret=SECRET, missed_event_timeout=TIMEOUT, heartbeat_idle_delay=IDLE
+    )
     receiver = EventBroker(InMemoryTransport(hub), opts, clock=clock)
     import random
 
@@ -376,7 +383,9 @@ def test_random_loss_is_always_reported_exactly_with_heartbeats(drop: float, see
 
             def reported() -> list[int]:
                 return sorted(
-                    n for m in missed for n in range(m.first_sequence or 0, (m.last_sequence or 0) + 1)
+                    n
+                    for m in missed
+                    for n in range(m.first_sequence or 0, (m.last_sequence or 0) + 1)
                 )
 
             wait_until(lambda: reported() == sorted(lost))

@@ -252,3 +252,41 @@ def test_poison_messages_are_dead_lettered_with_a_reason_and_the_loop_goes_on(
     _eventually(lambda: len(reasons()) >= 3)
     assert reasons() == {"malformed", "bad_signature", "oversize"}
     assert "tampered" not in receiver.params()
+
+
+def test_hostile_bodies_are_dead_lettered_as_malformed_counted_and_the_loop_goes_on(
+    bus: LoopbackServiceBus, nodes: list[Node]
+) -> None:
+    import json
+
+    from ._support import sign
+
+    receiver = nodes[1]
+    deep = b'{"sig":"' + b"0" * 64 + b'",' + b'"a":' + b"[" * 2_000 + b"]" * 2_000 + b"}"
+    key = normalize_keys(SECRET)
+    fields = {
+        "version": 1,
+        "message_id": uuid.uuid4().hex,
+        "event_id": str(EVENT),
+        "raiser_id": str(RAISER),
+        "instance_id": "forger",
+        "application_name": "shop",
+        "site_id": None,
+        "sequence": 1,
+        "sent_at": 10**400,  # validly signed, impossible send time
+        "param": "x",
+        "key_id": next(iter(key)),
+    }
+    overflow = sign(fields, SECRET)
+    nan = sign({**fields, "sent_at": float("nan")}, SECRET)
+    assert b"NaN" in nan and json.loads(b"{" + overflow[74:])["sent_at"] == 10**400
+    for body in (deep, overflow, nan):
+        bus.inject(TOPIC, body)
+    nodes[0].raise_broadcast("after-hostile")
+    receiver.wait_for(lambda: "after-hostile" in receiver.params())
+    sub = receiver.transport.subscription_name
+    assert sub is not None
+    _eventually(lambda: len(bus.dead_letters(TOPIC, sub)) >= 3)
+    assert sorted(str(d.reason) for d in bus.dead_letters(TOPIC, sub)) == ["malformed"] * 3
+    assert receiver.broker.stats.rejected.get("malformed") == 3
+    assert "delivery_failed" not in receiver.broker.stats.rejected
