@@ -510,21 +510,60 @@ def _count(fields: dict[str, Any], name: str, low: int) -> int:
     return value
 
 
+_NUMBER = (int, float)
+
+
 def _envelope(fields: dict[str, Any], key_id: str) -> Envelope:
+    message_id = fields["message_id"]
+    event_id = fields["event_id"]
+    raiser_id = fields["raiser_id"]
+    instance_id = fields["instance_id"]
+    application_name = fields["application_name"]
+    site_id = fields["site_id"]
+    sequence = fields["sequence"]
+    sent_at = fields["sent_at"]
+    started_at = fields.get("started_at")
+    host = fields.get("host")
+    if not (  # the common case in one expression; the helpers below say what is wrong
+        type(message_id) is str
+        and type(event_id) is str
+        and type(raiser_id) is str
+        and type(instance_id) is str
+        and type(application_name) is str
+        and (site_id is None or type(site_id) is str)
+        and (host is None or type(host) is str)
+        and type(sequence) is int
+        and 0 < sequence <= _MAX_SEQUENCE
+        and type(sent_at) in _NUMBER
+        and 0 <= sent_at <= _MAX_TIME
+        and (started_at is None or (type(started_at) in _NUMBER and 0 <= started_at <= _MAX_TIME))
+        and len(message_id) <= _MAX_ID
+        and len(instance_id) <= _MAX_ID
+        and len(application_name) <= _MAX_ID
+        and (site_id is None or len(site_id) <= _MAX_ID)
+        and (host is None or len(host) <= _MAX_ID)
+    ):
+        for name in ("message_id", "event_id", "raiser_id", "instance_id", "application_name"):
+            _text(fields, name)
+        for name in ("site_id", "host"):
+            _text(fields, name, optional=True)
+        _count(fields, "sequence", 1)
+        _time(fields, "sent_at")
+        _time(fields, "started_at", optional=True)
     return Envelope(
         VERSION,
-        _text(fields, "message_id"),
-        parse_uuid(_text(fields, "event_id")),
-        parse_uuid(_text(fields, "raiser_id")),
-        _text(fields, "instance_id"),
-        _text(fields, "application_name"),
-        _text(fields, "site_id", optional=True),
-        _count(fields, "sequence", 1),
-        _time(fields, "sent_at"),
+        message_id,
+        parse_uuid(event_id),
+        parse_uuid(raiser_id),
+        instance_id,
+        application_name,
+        site_id,
+        sequence,
+        float(sent_at),
         fields["param"],
         key_id,
-        _time(fields, "started_at", optional=True),
-        _text(fields, "host", optional=True),
+        None if started_at is None else float(started_at),
+        host,
     )
 
 

@@ -7,7 +7,7 @@ clock, sleeps or logs. Tested against a model with hypothesis.
 from __future__ import annotations
 
 import enum
-from collections import OrderedDict
+from collections import deque
 
 import attrs
 
@@ -16,22 +16,26 @@ class DedupWindow:
     """The most recent `capacity` message ids; `seen(id)` records it and says if it was known.
 
     This is the cheap first check for redeliveries (at-least-once transports, hub duplicates);
-    `SequenceTracker` remembers what each source sent for the whole replay window.
+    `SequenceTracker` remembers what each source sent for the whole replay window. Constant
+    time per id however many have passed (a set plus a ring of the ids in arrival order).
     """
 
-    __slots__ = ("_capacity", "_ids")
+    __slots__ = ("_capacity", "_ids", "_order")
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._ids: dict[str, None] = {}
+        self._ids: set[str] = set()
+        self._order: deque[str] = deque()
 
     def seen(self, message_id: str) -> bool:
         ids = self._ids
         if message_id in ids:
             return True
-        ids[message_id] = None
-        if len(ids) > self._capacity:
-            del ids[next(iter(ids))]  # dicts keep insertion order: the oldest goes
+        ids.add(message_id)
+        order = self._order
+        order.append(message_id)
+        if len(order) > self._capacity:
+            ids.discard(order.popleft())
         return False
 
     def __len__(self) -> int:
@@ -115,7 +119,7 @@ class SequenceTracker:
         self.retention = retention
         self._max_sources = max_sources
         self._max_holes = max_holes
-        self._sources: OrderedDict[str, _Source] = OrderedDict()  # least recently heard first
+        self._sources: dict[str, _Source] = {}
         self._overflow: list[Gap] = []  # holes dropped to bound memory, reported next expiry
         self.evicted_early = 0
         """Sources forgotten before `retention` because `max_sources` was reached."""
@@ -134,7 +138,7 @@ class SequenceTracker:
                 self._add(source, _Source(sequence, sequence, False, now))
                 return Verdict.NEW
         else:
-            self._touch(source, state, now)
+            state.last_seen = now
             if started_after_subscription and not state.origin_known:
                 self._know_origin(source, state, 1, now)
         if sequence > state.high:
@@ -169,7 +173,7 @@ class SequenceTracker:
             start = last_sequence + 1 if origin is None else origin
             state = self._add(source, _Source(start, start - 1, origin is not None, now))
         else:
-            self._touch(source, state, now)
+            state.last_seen = now
             if origin is not None and not state.origin_known:
                 self._know_origin(source, state, origin, now)
         if last_sequence > state.high:
@@ -232,16 +236,13 @@ class SequenceTracker:
     # -- internals --------------------------------------------------------------------------
 
     def _add(self, source: str, state: _Source) -> _Source:
-        self._sources[source] = state
-        if len(self._sources) > self._max_sources:
-            oldest, dropped = self._sources.popitem(last=False)
+        sources = self._sources
+        sources[source] = state
+        if len(sources) > self._max_sources:  # rare: scan for the least recently heard
+            oldest = min(sources, key=lambda s: sources[s].last_seen)
             self.evicted_early += 1
-            self._overflow += _unreported(oldest, dropped)
+            self._overflow += _unreported(oldest, sources.pop(oldest))
         return state
-
-    def _touch(self, source: str, state: _Source, now: float) -> None:
-        state.last_seen = now
-        self._sources.move_to_end(source)
 
     def _know_origin(self, source: str, state: _Source, origin: int, now: float) -> None:
         state.origin_known = True
