@@ -80,7 +80,11 @@ class BackplaneSubscriptionOptions:
 
 @runtime_checkable
 class Backplane(Protocol):
-    """Carries `BackplaneMessage`s between the caches of several instances."""
+    """Carries `BackplaneMessage`s between the caches of several instances.
+
+    Optional: an `is_connected` property (`bool`, or `None` when unknown) that
+    `HybridCache.health()` reports; without it the cache judges by its last publish.
+    """
 
     def subscribe(self, options: BackplaneSubscriptionOptions) -> None: ...
 
@@ -153,6 +157,11 @@ class MemoryBackplane:
     def unsubscribe(self) -> None:
         self.hub._leave(self)
         self._options = None
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the hub is connected (publishes go through)."""
+        return self.hub.connected
 
     def publish(self, message: BackplaneMessage, options: EntryOptions) -> None:
         if options.skip_backplane_notifications:

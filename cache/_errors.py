@@ -16,4 +16,6 @@ class BackplaneError(CacheError):
 
 
 class DistributedCacheError(CacheError):
-    """A distributed cache operation failed (the cache logs it and carries on without L2)."""
+    """The distributed cache could not be reached or answered with an error (raised by
+    `RedisDistributedCache`). A `HybridCache` never lets it out: it logs it, opens its circuit
+    breaker and carries on without L2."""

@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, cast
 
 import attrs
@@ -34,10 +35,13 @@ from ._backplane import (
     BackplaneMessageAction,
     BackplaneSubscriptionOptions,
 )
-from ._distributed import CircuitBreaker, DistributedCache, GuardedDistributedCache
+from ._distributed import CircuitBreaker, DistributedCache, GuardedDistributedCache, describe
 from ._errors import FactoryTimeoutError
+from ._health import Health
+from ._keys import check_key
 from ._memory import NEVER, Entry, MemoryCache
 from ._options import CacheOptions, EntryOptions
+from ._redact import redact_text
 from ._serialization import DistributedEntry, JsonSerializer, Serializer, decode_entry, encode_entry
 
 logger = logging.getLogger(__name__)
@@ -251,10 +255,6 @@ class MaybeValue(Generic[T]):
     value: T | None = None
 
 
-def _key_error(key: object) -> TypeError:
-    return TypeError(f"cache keys must be str, got {type(key).__name__}: {key!r}")
-
-
 def _is_async_callable(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
@@ -266,17 +266,23 @@ class HybridCache:
     `backplane`, fail-safe, factory timeouts, eager refresh and stampede protection.
 
     Every operation has a sync and an `_async` form. `clock` (seconds since the epoch) is
-    injectable for tests. Use as a context manager, or call `close()`.
+    injectable for tests. Use as a (async) context manager, or call `close()` /
+    `close_async()`.
+
+    `distributed_cache` is a `DistributedCache` or a Redis URL (the cache then builds its own
+    `RedisDistributedCache` and closes it when it closes). `owns_distributed_cache`: whether
+    closing the cache closes the distributed cache; by default only one built from a URL.
     """
 
     def __init__(
         self,
         options: CacheOptions | None = None,
-        distributed_cache: DistributedCache | None = None,
+        distributed_cache: DistributedCache | str | None = None,
         backplane: Backplane | None = None,
         *,
         serializer: Serializer | None = None,
         clock: Clock = time.time,
+        owns_distributed_cache: bool | None = None,
     ) -> None:
         self.options = options if options is not None else CacheOptions()
         self.instance_id: str = self.options.instance_id or uuid.uuid4().hex
@@ -287,6 +293,10 @@ class HybridCache:
         self._default_options = self.options.default_entry_options
         self._serializer: Serializer = serializer if serializer is not None else JsonSerializer()
         self._l2: GuardedDistributedCache | None = None
+        built = isinstance(distributed_cache, str)
+        if isinstance(distributed_cache, str):  # (repeated for mypy's narrowing)
+            distributed_cache = _redis_from_url(distributed_cache)
+        self._owns_l2 = built if owns_distributed_cache is None else owns_distributed_cache
         if distributed_cache is not None:
             breaker = CircuitBreaker(
                 self.options.distributed_cache_circuit_breaker_duration,
@@ -310,6 +320,8 @@ class HybridCache:
         self._retry_timer: threading.Timer | None = None
         self._cleared_at = NEVER
         self._closed = False
+        self._backplane_failing_since: float | None = None
+        self._backplane_last_error = ""
         if backplane is not None:
             backplane.subscribe(
                 BackplaneSubscriptionOptions(
@@ -324,17 +336,41 @@ class HybridCache:
     # ---------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
-        """Unsubscribe from the backplane and stop the background threads (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
+        """Unsubscribe from the backplane, stop the auto-recovery timer and the background
+        threads, and close the distributed cache if the cache owns it (idempotent). In asyncio
+        code prefer `close_async()`: it also closes the owned Redis client of the running loop."""
+        l2 = self._shut_down()
+        if l2 is not None:
+            _close_quietly(l2, getattr(l2, "close", None))
+
+    async def close_async(self) -> None:
+        """`close()` for asyncio code (awaits the owned distributed cache's `close_async()`)."""
+        l2 = self._shut_down()
+        if l2 is not None:
+            closer = getattr(l2, "close_async", None)
+            if callable(closer):
+                try:
+                    await closer()
+                except Exception:
+                    logger.warning("closing %s failed", describe(l2), exc_info=True)
+            else:
+                _close_quietly(l2, getattr(l2, "close", None))
+
+    def _shut_down(self) -> DistributedCache | None:
+        """What both faces of close do; returns the distributed cache to close, if owned (and
+        only the first time)."""
+        with self._retry_lock:
+            if self._closed:
+                return None
+            self._closed = True
+            timer, self._retry_timer = self._retry_timer, None
+        if timer is not None:
+            timer.cancel()
         if self._backplane is not None:
             self._backplane.unsubscribe()
-        with self._retry_lock:
-            if self._retry_timer is not None:
-                self._retry_timer.cancel()
         self._executor.shutdown(wait=False)
         self._factory_executor.shutdown(wait=False)
+        return self._l2.inner if self._l2 is not None and self._owns_l2 else None
 
     def __enter__(self) -> HybridCache:
         return self
@@ -346,7 +382,7 @@ class HybridCache:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.close()
+        await self.close_async()
 
     # ---------------------------------------------------------------- introspection
 
@@ -362,8 +398,56 @@ class HybridCache:
 
     @property
     def distributed_cache_circuit_open(self) -> bool:
-        """True while L2 is skipped after an error."""
+        """True while L2 is skipped after an outage."""
         return self._l2 is not None and self._l2.breaker.is_open
+
+    @property
+    def closed(self) -> bool:
+        """True once `close()` or `close_async()` was called."""
+        return self._closed
+
+    def health(self) -> Health:
+        """OK; DEGRADED while the distributed cache is unreachable, the backplane is
+        disconnected or messages wait in the auto-recovery queue; DOWN once closed. Reads
+        state only (no I/O): cheap enough for every health-check request."""
+        component = f"cache {self.options.name!r}"
+        if self._closed:
+            return Health.from_reasons(
+                component, down=["closed (close() was called): build a new HybridCache"]
+            )
+        degraded: list[str] = []
+        failing_since = None if self._l2 is None else self._l2.breaker.failing_since
+        if self._l2 is not None and failing_since is not None:
+            breaker = self._l2.breaker
+            reason = (
+                f"distributed cache ({self._l2.description}) unreachable since "
+                f"{_when(failing_since)}"
+            )
+            until = breaker.open_until
+            reason += (
+                f", circuit open until {_when(until)}"
+                if until is not None
+                else ", probed again on the next call"
+            )
+            if breaker.last_error:
+                reason += f" (last error: {breaker.last_error})"
+            degraded.append(reason + "; values are served from memory and the factories")
+        if self._backplane is not None:
+            connected = getattr(self._backplane, "is_connected", None)
+            since = self._backplane_failing_since
+            if connected is False or (connected is None and since is not None):
+                reason = f"backplane ({type(self._backplane).__name__}) disconnected"
+                if since is not None:
+                    reason += f" since {_when(since)} (last error: {self._backplane_last_error})"
+                degraded.append(reason + ": other instances are not told of changes made here")
+            pending = len(self._recovery)
+            if pending:
+                degraded.append(
+                    f"{pending} backplane message{'s wait' if pending > 1 else ' waits'} in the "
+                    f"auto-recovery queue (retried every {self.options.auto_recovery_delay:g}s "
+                    "and on reconnect): other instances may serve stale values for those keys"
+                )
+        return Health.from_reasons(component, degraded=degraded)
 
     # ---------------------------------------------------------------- get_or_set
 
@@ -414,11 +498,16 @@ class HybridCache:
 
     def _peek_fresh(self, key: str, options: EntryOptions, now: float) -> tuple[Entry | None, bool]:
         """(entry, True) when L1 can answer now (eager refresh is due once `now >= refresh_at`);
-        (stale entry or None, False) otherwise."""
-        if not isinstance(key, str):
-            raise _key_error(key)
-        entry = None if options.skip_memory_cache else self._memory.peek(key, now)
-        return entry, entry is not None and now < entry.logical_expiration
+        (stale entry or None, False) otherwise, once the key is known to be valid: only valid
+        keys are ever stored, so a hit needs no check."""
+        try:
+            entry = None if options.skip_memory_cache else self._memory.peek(key, now)
+        except TypeError:  # unhashable: check_key says what is wrong
+            entry = None
+        if entry is not None and now < entry.logical_expiration:
+            return entry, True
+        check_key(key)
+        return entry, False
 
     def _admit(
         self,
@@ -708,8 +797,19 @@ class HybridCache:
             ttl = (
                 max(logical, opts.fail_safe_max_duration) if opts.is_fail_safe_enabled else logical
             )
-            data = encode_entry(self._serializer, DistributedEntry(value, now, now + logical))
-            yield _L2Set(key, data, ttl)
+            try:
+                data = encode_entry(self._serializer, DistributedEntry(value, now, now + logical))
+            except Exception as exc:
+                logger.warning(
+                    "the value of %r cannot be serialized for the distributed cache (%s: %s): "
+                    "kept in memory only, and the older L2 copy is removed",
+                    key,
+                    type(exc).__name__,
+                    exc,
+                )
+                yield _L2Remove(key)
+            else:
+                yield _L2Set(key, data, ttl)
         yield from self._notify(key, BackplaneMessageAction.ENTRY_SET, now, opts)
 
     def _notify(
@@ -737,7 +837,7 @@ class HybridCache:
         return MaybeValue(False)
 
     def _remove(self, key: str, opts: EntryOptions) -> _Gen[None]:
-        self._check_key(key)
+        check_key(key)
         now = self._clock()
         self._memory.remove(key)
         if self._l2 is not None and not opts.skip_distributed_cache:
@@ -745,7 +845,7 @@ class HybridCache:
         yield from self._notify(key, BackplaneMessageAction.ENTRY_REMOVE, now, opts)
 
     def _expire(self, key: str, opts: EntryOptions) -> _Gen[None]:
-        self._check_key(key)
+        check_key(key)
         now = self._clock()
         entry = self._memory.entries.get(key)
         if entry is not None:
@@ -765,11 +865,6 @@ class HybridCache:
         else:
             self._memory.clear()
         yield from self._notify("", BackplaneMessageAction.CLEAR, now, self._default_options)
-
-    @staticmethod
-    def _check_key(key: object) -> None:
-        if not isinstance(key, str):
-            raise _key_error(key)
 
     def _opts(self, options: EntryOptions | None) -> EntryOptions:
         return options if options is not None else self._default_options
@@ -812,11 +907,11 @@ class HybridCache:
 
     def set(self, key: str, value: Any, options: EntryOptions | None = None) -> None:
         """Store `value` in L1 and L2; other instances mark their copies stale."""
-        self._check_key(key)
+        check_key(key)
         self._run_sync(self._store(key, value, self._opts(options)))
 
     async def set_async(self, key: str, value: Any, options: EntryOptions | None = None) -> None:
-        self._check_key(key)
+        check_key(key)
         await self._run_async(self._store(key, value, self._opts(options)))
 
     def remove(self, key: str, options: EntryOptions | None = None) -> None:
@@ -901,22 +996,26 @@ class HybridCache:
     ) -> None:
         if isinstance(exc, TypeError | ValueError):  # the message itself is bad: retry won't help
             logger.error(
-                "backplane refused %s for %r (%s: %s); not queued",
+                "backplane refused %s for %r (%s); not queued",
                 message.action.name,
                 message.cache_key,
-                type(exc).__name__,
-                exc,
+                _describe_error(exc),
             )
             return
+        self._backplane_failed(exc)
         logger.warning(
-            "backplane publish of %s for %r failed (%s: %s); queued for auto-recovery",
+            "backplane publish of %s for %r failed (%s); queued for auto-recovery",
             message.action.name,
             message.cache_key,
-            type(exc).__name__,
-            exc,
+            self._backplane_last_error,
         )
         self._recovery.enqueue(message, options)
         self._schedule_retry()
+
+    def _backplane_failed(self, exc: Exception) -> None:
+        if self._backplane_failing_since is None:
+            self._backplane_failing_since = self._clock()
+        self._backplane_last_error = _describe_error(exc)
 
     def _schedule_retry(self) -> None:
         """Retry the queue after `auto_recovery_delay` (one timer at a time; real time)."""
@@ -924,6 +1023,7 @@ class HybridCache:
             if self._retry_timer is not None or self._closed:
                 return
             timer = threading.Timer(self.options.auto_recovery_delay, self._retry_due)
+            timer.name = f"cache-{self.options.name}-auto-recovery"
             timer.daemon = True
             self._retry_timer = timer
         timer.start()
@@ -931,15 +1031,19 @@ class HybridCache:
     def _retry_due(self) -> None:
         with self._retry_lock:
             self._retry_timer = None
+            if self._closed:
+                return
         self.process_auto_recovery()
         if len(self._recovery):
             self._schedule_retry()
 
     def _publish_succeeded(self) -> None:
+        self._backplane_failing_since = None
         if len(self._recovery) and not self._replay_lock.locked():
             self._submit_replay()
 
     def _on_backplane_connected(self, info: BackplaneConnectionInfo) -> None:
+        self._backplane_failing_since = None
         if len(self._recovery):
             self._submit_replay()
 
@@ -965,13 +1069,48 @@ class HybridCache:
                     backplane.publish(item.message, item.options)
                 except Exception as exc:
                     self._recovery.put_back(items[index:])
-                    logger.info("auto-recovery paused after %d item(s): %s", index, exc)
+                    self._backplane_failed(exc)
+                    logger.info(
+                        "auto-recovery paused after %d item(s): %s", index, _describe_error(exc)
+                    )
                     return index
             if items:
+                self._backplane_failing_since = None
                 logger.info("auto-recovery published %d queued message(s)", len(items))
             return len(items)
         finally:
             self._replay_lock.release()
+
+
+def _redis_from_url(url: str) -> DistributedCache:
+    try:
+        from .redis import RedisDistributedCache
+    except ImportError as exc:  # pragma: no cover - the redis extra is missing
+        raise ImportError(
+            f"a Redis URL as distributed_cache needs redis-py: pip install "
+            f"'eventbroker-cache[redis]' ({exc})"
+        ) from None
+    return RedisDistributedCache(url)
+
+
+def _describe_error(exc: BaseException) -> str:
+    return redact_text(f"{type(exc).__name__}: {exc}")
+
+
+def _close_quietly(store: object, close: object) -> None:
+    if callable(close):
+        try:
+            close()
+        except Exception:
+            logger.warning("closing %s failed", describe(store), exc_info=True)
+
+
+def _when(timestamp: float) -> str:
+    """A clock reading as UTC ISO 8601 (``2025-01-31T12:00:00Z``)."""
+    try:
+        return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return f"{timestamp:.0f}s"
 
 
 def _log_background_failure(future: concurrent.futures.Future[Any]) -> None:

@@ -1,9 +1,12 @@
-"""Options: `EntryOptions` (per call) and `CacheOptions` (per cache). Durations are seconds."""
+"""Options: `EntryOptions` (per call) and `CacheOptions` (per cache). Durations are seconds
+(or `timedelta`), validated when built: never NaN, never infinite except
+`fail_safe_max_duration`."""
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -18,27 +21,45 @@ def _seconds(value: Duration) -> float:
         return value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"a duration must be seconds (int/float) or a timedelta, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float: refused as infinite by the validator
+        return math.inf if value > 0 else -math.inf
 
 
 def _optional_seconds(value: Duration | None) -> float | None:
     return None if value is None else _seconds(value)
 
 
-def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0 seconds, got {value!r}")
+def _duration(
+    *, positive: bool = False, infinite_ok: bool = False, none_means: str | None = None
+) -> Callable[[object, attrs.Attribute[Any], float | None], None]:
+    """A validator of seconds: >= 0 (or > 0), finite unless `infinite_ok`; never NaN."""
+
+    def check(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+        if value is None:
+            return
+        in_range = value > 0 if positive else value >= 0  # False for NaN
+        if not in_range or not (infinite_ok or math.isfinite(value)):
+            kind = "a number of seconds" if infinite_ok else "a finite number of seconds"
+            bound = "> 0" if positive else ">= 0"
+            also = f" (or None for {none_means})" if none_means else ""
+            also += " (math.inf: keep until evicted)" if infinite_ok else ""
+            raise ValueError(f"{attribute.name} must be {kind} {bound}{also}, got {value!r}")
+
+    return check
 
 
-def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(
-            f"{attribute.name} must be > 0 seconds (or None for no timeout), got {value!r}"
-        )
+_non_negative = _duration()
+_timeout = _duration(positive=True, none_means="no timeout")
 
 
 def _threshold(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not 0.0 < value < 1.0:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{attribute.name} must be a float, got {value!r}")
+    if not 0.0 < value < 1.0:  # False for NaN
         raise ValueError(
             f"{attribute.name} must be a fraction of the duration strictly between 0 and 1 "
             f"(for example 0.9), or None to disable eager refresh; got {value!r}"
@@ -58,19 +79,20 @@ class EntryOptions:
     is_fail_safe_enabled: bool = False
     """Keep expired values and serve them when the factory fails or times out."""
     fail_safe_max_duration: float = attrs.field(
-        default=86400.0, converter=_seconds, validator=_non_negative
+        default=86400.0, converter=_seconds, validator=_duration(infinite_ok=True)
     )
-    """How long an expired value is kept for fail-safe (physical expiration)."""
+    """How long an expired value is kept for fail-safe (physical expiration). `math.inf`: until
+    evicted from L1 or removed; in Redis the entry is then stored without a TTL."""
     fail_safe_throttle_duration: float = attrs.field(
         default=30.0, converter=_seconds, validator=_non_negative
     )
     """After a failure, serve the stale value this long before calling the factory again."""
     factory_soft_timeout: float | None = attrs.field(
-        default=None, converter=_optional_seconds, validator=_positive
+        default=None, converter=_optional_seconds, validator=_timeout
     )
     """With fail-safe and a stale value: return the stale value after this long."""
     factory_hard_timeout: float | None = attrs.field(
-        default=None, converter=_optional_seconds, validator=_positive
+        default=None, converter=_optional_seconds, validator=_timeout
     )
     """Always: stop waiting after this long (stale value if any, else `FactoryTimeoutError`)."""
     allow_timed_out_factories_background_completion: bool = True
@@ -114,7 +136,9 @@ class CacheOptions:
     """After an L2 error, skip L2 this long, then probe it again (0 disables the breaker)."""
     auto_recovery_max_items: int = attrs.field(default=1000)
     """Bound of the queue of backplane messages that could not be published."""
-    auto_recovery_delay: float = attrs.field(default=5.0, converter=_seconds, validator=_positive)
+    auto_recovery_delay: float = attrs.field(
+        default=5.0, converter=_seconds, validator=_duration(positive=True)
+    )
     """While the queue holds messages, retry them this often (besides on reconnect)."""
     instance_id: str | None = None
     """The cache's id in backplane messages (messages from it are ignored). `None`: a new

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 import pytest
@@ -70,3 +71,48 @@ def test_instance_ids_are_unique_per_cache() -> None:
         assert first.instance_id != second.instance_id
     with HybridCache(CacheOptions(instance_id="web-1")) as named:
         assert named.instance_id == "web-1"
+
+
+ENTRY_DURATIONS = [
+    "duration",
+    "jitter_max_duration",
+    "fail_safe_throttle_duration",
+    "factory_soft_timeout",
+    "factory_hard_timeout",
+    "distributed_cache_duration",
+    "eager_refresh_threshold",
+]
+CACHE_DURATIONS = ["distributed_cache_circuit_breaker_duration", "auto_recovery_delay"]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 10**400])
+@pytest.mark.parametrize("field", ENTRY_DURATIONS)
+def test_entry_options_refuse_nan_and_infinity_naming_the_field(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        EntryOptions(**{field: value})
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("field", CACHE_DURATIONS)
+def test_cache_options_refuse_nan_and_infinity_naming_the_field(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        CacheOptions(**{field: value})
+
+
+def test_fail_safe_max_duration_may_be_infinite_but_not_nan() -> None:
+    assert EntryOptions(fail_safe_max_duration=math.inf).fail_safe_max_duration == math.inf
+    for bad in (math.nan, -math.inf, -1):
+        with pytest.raises(ValueError, match="fail_safe_max_duration"):
+            EntryOptions(fail_safe_max_duration=bad)
+
+
+def test_nan_from_the_environment_is_refused() -> None:
+    with pytest.raises(ValueError, match="duration"):
+        CacheOptions.from_env({"CACHE_DEFAULT_DURATION": "nan"})
+    with pytest.raises(ValueError, match="auto_recovery_delay"):
+        CacheOptions.from_env({"CACHE_AUTO_RECOVERY_DELAY": "inf"})
+
+
+def test_eager_refresh_threshold_must_be_a_number() -> None:
+    with pytest.raises(TypeError, match="eager_refresh_threshold"):
+        EntryOptions(eager_refresh_threshold="0.5")  # type: ignore[arg-type]

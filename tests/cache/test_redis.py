@@ -3,6 +3,7 @@ port, and a throwaway `redis-server` of the test's own that is stopped and start
 
 from __future__ import annotations
 
+import math
 import shutil
 import socket
 import subprocess
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from cache import EntryOptions, HybridCache
+from cache import EntryOptions, HealthStatus, HybridCache
 from cache.redis import RedisDistributedCache
 
 from .conftest import RUN_PREFIX, Counter, FakeClock
@@ -44,7 +45,7 @@ async def test_async_round_trip(l2: RedisDistributedCache) -> None:
     assert await l2.get_async("b") == b"x"
     await l2.remove_async("b")
     assert await l2.get_async("b") is None
-    await l2.aclose()
+    await l2.close_async()
 
 
 def test_two_caches_share_values_through_redis(
@@ -68,7 +69,7 @@ async def test_async_cache_over_redis(make_cache: MakeCache, l2: RedisDistribute
 
     assert await first.get_or_set_async("list", load) == [1, 2, 3]
     assert await second.get_async("list") == [1, 2, 3]
-    await l2.aclose()
+    await l2.close_async()
 
 
 def test_unreachable_redis_never_fails_a_read(make_cache: MakeCache, clock: FakeClock) -> None:
@@ -154,11 +155,27 @@ def test_redis_restarted_mid_test(
     failing.error = RuntimeError("db down")
     assert cache.get_or_set("k", failing) == "v1"  # L2 down and factory down: stale value
     assert cache.distributed_cache_circuit_open
+    assert cache.health().status is HealthStatus.DEGRADED
     assert cache.get_or_set("other", Counter("v2")) == "v2"  # L2 down, factory fine
 
     throwaway.start()  # empty again: no persistence
     clock.advance(5.1)  # breaker duration over: the next L2 call probes
     assert cache.get_or_set("third", Counter("v3")) == "v3"
     assert not cache.distributed_cache_circuit_open
+    assert cache.health().is_ok
     assert l2.get("third") is not None
     l2.close()
+
+
+def test_infinite_fail_safe_keeps_the_value_without_expiry(
+    make_cache: MakeCache, clock: FakeClock, l2: RedisDistributedCache
+) -> None:
+    options = EntryOptions(duration=10, is_fail_safe_enabled=True, fail_safe_max_duration=math.inf)
+    cache = make_cache(options, distributed_cache=l2)
+    cache.set("forever", "v1")
+    assert l2._sync.pttl(RUN_PREFIX + "forever") == -1  # stored without a TTL
+    clock.advance(10**9)
+    failing = Counter()
+    failing.error = RuntimeError("db down")
+    assert cache.get_or_set("forever", failing) == "v1"
+    assert make_cache(options, distributed_cache=l2).get_or_set("forever", failing) == "v1"

@@ -55,7 +55,7 @@ def test_keys_must_be_str(make_cache: MakeCache) -> None:
         lambda: cache.get(1.5),  # type: ignore[arg-type]
         lambda: cache.expire(None),  # type: ignore[arg-type]
     ):
-        with pytest.raises(TypeError, match="cache keys must be str"):
+        with pytest.raises(TypeError, match="cache key must be str"):
             call()
 
 
