@@ -12,7 +12,10 @@ from typing import Protocol
 
 import attrs
 
+from ._errors import UnknownJobError
 from ._job import JobOutcome, JobRun, JobTrigger
+
+__all__ = ["AbortedRun", "JobState", "JobStore", "UnknownJobError"]
 
 
 @attrs.frozen
@@ -39,10 +42,6 @@ class AbortedRun:
     run_id: str
     holder: str
     restart_requested: bool
-
-
-class UnknownJobError(LookupError):
-    """The job id is not registered in the store."""
 
 
 class JobStore(Protocol):
