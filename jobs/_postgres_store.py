@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ._errors import JobStoreUnavailableError
+from ._errors import JobStoreError, JobStoreUnavailableError
 from ._sql_store import SqlJobStore, check_identifier
 from ._text import redact
 
@@ -56,8 +56,14 @@ class PostgresJobStore(SqlJobStore):
                     "URL and that the server is up, e.g. postgresql://postgres@127.0.0.1:5432/test"
                 )
             ) from exc
-        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-        conn.execute(f'SET search_path TO "{self.schema}"')
+        try:
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            conn.execute(f'SET search_path TO "{self.schema}"')
+        except psycopg.Error as exc:
+            conn.close()
+            raise JobStoreError(
+                redact(f"PostgresJobStore: cannot use schema {self.schema!r} ({exc})")
+            ) from exc
         return conn
 
     def _execute(self, sql: str, params: Mapping[str, Any]) -> tuple[list[tuple[Any, ...]], int]:

@@ -85,9 +85,11 @@ class SchedulerOptions:
     poll_interval: float = attrs.field(default=1.0, validator=_positive)
     """Seconds between looks at the store for due jobs."""
     lease_seconds: float = attrs.field(default=30.0, validator=_positive)
-    """A lease lapses this long after its holder's last renewal (renewed every third of it)."""
+    """A lease lapses this long after its holder's last renewal (renewed every third of it).
+    After a store outage, no lease is reaped for this long either."""
     shutdown_timeout: float = attrs.field(default=30.0, validator=_positive)
-    """How long `stop()` waits for running jobs after asking them to stop."""
+    """How long `stop()` waits for running jobs after asking them to stop, and for the store to
+    take the ends of runs it could not record yet."""
 
 
 def open_store(target: str | os.PathLike[str]) -> JobStore:

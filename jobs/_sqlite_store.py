@@ -35,11 +35,9 @@ class SqliteJobStore(SqlJobStore):
             raise JobStoreUnavailableError(
                 f"SqliteJobStore: cannot open {self.path!r} ({exc}); pass a writable file path"
             ) from exc
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA busy_timeout=30000")
-        self._conn.execute(
-            "PRAGMA synchronous=NORMAL"
-        )  # WAL: durable at checkpoints, never corrupt
+        self._q("PRAGMA journal_mode=WAL")
+        self._q("PRAGMA busy_timeout=30000")
+        self._q("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
         self._create_schema()
 
     def _execute(self, sql: str, params: Mapping[str, Any]) -> tuple[list[tuple[Any, ...]], int]:

@@ -3,6 +3,8 @@
 A store is shared by every scheduler of the farm. Its operations are atomic compare-and-set
 statements, so two schedulers racing for one job cannot both win. Times are seconds since the
 epoch from the schedulers' clocks (keep instance clocks in sync, as NTP does on any PaaS).
+The SQL stores pass every text through `storable_text` and raise `JobStoreError` when a
+statement fails; the scheduler copes with any exception from a store.
 """
 
 from __future__ import annotations

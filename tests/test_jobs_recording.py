@@ -260,3 +260,26 @@ def test_postgres_schema_must_be_a_plain_identifier() -> None:
 
     with pytest.raises(ValueError, match="schema 'public\\\\n'"):
         PostgresJobStore("postgresql://postgres@127.0.0.1:5432/test", schema="public\n")
+
+
+def test_stop_while_the_store_is_down_logs_the_unrecorded_end(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock, outage = ManualClock(T0), Outage()
+    job = Returns("done")
+    store = SqliteJobStore(tmp_path / "j.sqlite3")
+    s = JobScheduler(
+        [job],
+        store=failing(store, outage),
+        clock=clock,
+        options=SchedulerOptions(instance_id="a", shutdown_timeout=0.05),
+    )
+    s.run_now(job.id)
+    outage.down, outage.only = True, {"record_end", "release"}
+    [run] = s.run_pending()
+    s.stop()
+    [line] = [r.getMessage() for r in caplog.records if "stopped before the end" in r.message]
+    assert f"run {run.run_id}" in line and "It ended succeeded: done" in line
+    assert "Its lease will lapse" in line and "run the job again (restartable)" in line
+    assert Outage.SECRET not in caplog.text
+    assert store.state(job.id).lease_holder == "a"  # nothing more can be done: it lapses
