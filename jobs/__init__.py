@@ -2,7 +2,10 @@
 
 from typing import TYPE_CHECKING
 
+from cache._health import Health, HealthStatus
+
 from ._clock import Clock, ManualClock, SystemClock
+from ._errors import JobsError, JobStoreError, JobStoreUnavailableError, UnknownJobError
 from ._invalidation import CacheInvalidator, InvalidationBatch, InvalidationError
 from ._job import (
     JobContext,
@@ -23,18 +26,22 @@ from ._scheduler import (
     open_store,
 )
 from ._sqlite_store import SqliteJobStore
-from ._store import AbortedRun, JobState, JobStore, UnknownJobError
+from ._store import AbortedRun, JobState, JobStore
+from ._text import MAX_TEXT_LENGTH
 
 if TYPE_CHECKING:
     from ._postgres_store import PostgresJobStore
 
 __all__ = [
     "JOBS_RAISER_ID",
+    "MAX_TEXT_LENGTH",
     "STOP_JOB_EVENT_ID",
     "AbortedRun",
     "CacheInvalidator",
     "Clock",
     "Cron",
+    "Health",
+    "HealthStatus",
     "Interval",
     "InvalidationBatch",
     "InvalidationError",
@@ -46,7 +53,10 @@ __all__ = [
     "JobState",
     "JobStopped",
     "JobStore",
+    "JobStoreError",
+    "JobStoreUnavailableError",
     "JobTrigger",
+    "JobsError",
     "ManualClock",
     "PostgresJobStore",
     "Schedule",

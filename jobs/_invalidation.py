@@ -11,13 +11,15 @@ from typing import TYPE_CHECKING
 
 from cache import Backplane, BackplaneError, BackplaneMessage, BackplaneMessageAction, EntryOptions
 
+from ._errors import JobsError
+
 if TYPE_CHECKING:
     from eventbroker import EventRegistry
 
 log = logging.getLogger(__name__)
 
 
-class InvalidationError(Exception):
+class InvalidationError(JobsError):
     """Some keys could not be published before the deadline; `keys` lists them (retry them)."""
 
     def __init__(self, message: str, keys: list[str]) -> None:

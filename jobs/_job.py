@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import attrs
 
+from ._errors import JobsError
 from ._schedule import Schedule
 
 
@@ -34,7 +35,7 @@ class JobTrigger(enum.Enum):
     """A restartable job's previous run was aborted by a crash."""
 
 
-class JobStopped(Exception):
+class JobStopped(JobsError):
     """Raised by `JobContext.raise_if_stop_requested`; the run ends as STOPPED."""
 
 

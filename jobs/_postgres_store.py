@@ -7,9 +7,17 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import psycopg
-
+from ._errors import JobStoreError, JobStoreUnavailableError
 from ._sql_store import SqlJobStore, check_identifier
+from ._text import redact
+
+try:
+    import psycopg
+except ImportError as exc:  # a core install: the [postgres] extra is missing
+    raise ModuleNotFoundError(
+        'PostgresJobStore needs psycopg 3: pip install "eventbroker-cache[postgres]"',
+        name="psycopg",
+    ) from exc
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +29,11 @@ class PostgresJobStore(SqlJobStore):
 
     `url` is a libpq URL (``postgresql://user@host:5432/db``). Tables live in `schema`
     (created when missing) with names starting with `table_prefix`. The connection is
-    re-opened once when the server drops it.
+    re-opened once when the server drops it. Failures raise `JobStoreError`
+    (`JobStoreUnavailableError` when the server cannot be reached).
     """
+
+    _driver_errors = (psycopg.Error,)
 
     def __init__(
         self, url: str, *, schema: str = "public", table_prefix: str = "scheduled_job_"
@@ -39,12 +50,20 @@ class PostgresJobStore(SqlJobStore):
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
         except psycopg.OperationalError as exc:
-            raise ConnectionError(
-                f"PostgresJobStore: cannot connect ({exc}); check the URL and that the server "
-                "is up, e.g. postgresql://postgres@127.0.0.1:5432/test"
+            raise JobStoreUnavailableError(
+                redact(
+                    f"PostgresJobStore: cannot connect to {self.url} ({exc}); check the "
+                    "URL and that the server is up, e.g. postgresql://postgres@127.0.0.1:5432/test"
+                )
             ) from exc
-        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-        conn.execute(f'SET search_path TO "{self.schema}"')
+        try:
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            conn.execute(f'SET search_path TO "{self.schema}"')
+        except psycopg.Error as exc:
+            conn.close()
+            raise JobStoreError(
+                redact(f"PostgresJobStore: cannot use schema {self.schema!r} ({exc})")
+            ) from exc
         return conn
 
     def _execute(self, sql: str, params: Mapping[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
@@ -71,4 +90,4 @@ class PostgresJobStore(SqlJobStore):
             self._conn.close()
 
     def __repr__(self) -> str:
-        return f"PostgresJobStore(schema={self.schema!r})"
+        return f"PostgresJobStore({redact(self.url)!r}, schema={self.schema!r})"

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import inspect
 import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
+from cache._health import Health
+
 from ._clock import Clock, SystemClock
+from ._errors import UnknownJobError
 from ._job import (
     JobContext,
     JobOutcome,
@@ -28,11 +33,24 @@ from ._job import (
 )
 from ._lease import HeldLease
 from ._store import JobState, JobStore
+from ._store_watch import StoreWatch
+from ._text import describe, message_of, redact, storable_text
 
 if TYPE_CHECKING:
     from eventbroker import Event, EventNotification, EventRegistry, Subscription
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RETRY_FIRST_DELAY = 1.0
+"""Seconds before the first retry of an unrecorded run end; doubled each time, up to a third
+of `lease_seconds` (the renewal period)."""
+RECORD_ATTEMPTS = 10
+"""Attempts to record a run's end once its lease is released; while the lease is still held
+the scheduler keeps trying (and renewing) for as long as it runs."""
+LOST_LEASE_REPORTED_FOR = 3600.0
+"""Seconds `health()` reports a lost lease (unless a later run of the job ends here first)."""
 
 STOP_JOB_EVENT_ID = uuid.UUID("8d4f4c5e-7f0b-4a55-9a52-3d1c6f0b2e71")
 """The registry event that carries stop requests between instances (like Optimizely's StopJob)."""
@@ -67,9 +85,11 @@ class SchedulerOptions:
     poll_interval: float = attrs.field(default=1.0, validator=_positive)
     """Seconds between looks at the store for due jobs."""
     lease_seconds: float = attrs.field(default=30.0, validator=_positive)
-    """A lease lapses this long after its holder's last renewal (renewed every third of it)."""
+    """A lease lapses this long after its holder's last renewal (renewed every third of it).
+    After a store outage, no lease is reaped for this long either."""
     shutdown_timeout: float = attrs.field(default=30.0, validator=_positive)
-    """How long `stop()` waits for running jobs after asking them to stop."""
+    """How long `stop()` waits for running jobs after asking them to stop, and for the store to
+    take the ends of runs it could not record yet."""
 
 
 def open_store(target: str | os.PathLike[str]) -> JobStore:
@@ -88,6 +108,30 @@ def _schedule_key(job: ScheduledJob) -> str:
     return "manual" if job.schedule is None else repr(job.schedule)
 
 
+def _when(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@attrs.define
+class _PendingEnd:
+    """The end of a run on its way to the store: recorded in the history, lease released."""
+
+    outcome: JobOutcome
+    message: str
+    ended_at: float
+    recorded: bool = False
+    released: bool = False
+    attempts: int = 0
+    """Failed attempts so far."""
+    failing_since: float | None = None
+    next_attempt_at: float = 0.0
+    last_error: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.recorded and self.released
+
+
 @attrs.define
 class _Running:
     job: ScheduledJob
@@ -95,6 +139,16 @@ class _Running:
     lease: HeldLease
     thread: threading.Thread | None = None
     final: JobRun | None = None
+    end: _PendingEnd | None = None
+    """Set when `execute` returned; while not done, the run waits in `_ending`."""
+    lease_lost: bool = False
+
+
+@attrs.frozen
+class _LostLease:
+    job_name: str
+    run_id: str
+    at: float
 
 
 class JobScheduler:
@@ -124,10 +178,18 @@ class JobScheduler:
         self._owns_store = isinstance(store, str | os.PathLike)
         self._jobs: dict[uuid.UUID, ScheduledJob] = {}
         self._running: dict[uuid.UUID, _Running] = {}
+        """Runs holding their lease here: executing, or ended with the release not yet done."""
+        self._ending: dict[str, _Running] = {}
+        """Ended runs (by run id) whose end the store has not taken yet; retried by `_poll`."""
+        self._lost: dict[uuid.UUID, _LostLease] = {}
         self._lock = threading.RLock()
+        self._retrying = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._died: tuple[float, str] | None = None
+        self._store_watch = StoreWatch(repr(self.store), self.options.lease_seconds)
         self._listeners: list[Callable[[JobProgress], None]] = []
         self._finished_listeners: list[Callable[[JobRun], None]] = []
         self._stop_event: Event | None = None
@@ -168,7 +230,7 @@ class JobScheduler:
         try:
             return self._jobs[key]
         except KeyError:
-            raise KeyError(
+            raise UnknownJobError(
                 f"no job with id {key} is registered with this scheduler "
                 f"(known: {', '.join(str(k) for k in self._jobs) or 'none'})"
             ) from None
@@ -177,9 +239,10 @@ class JobScheduler:
     def start(self) -> None:
         """Start polling on a background thread (returns at once)."""
         with self._lock:
-            if self._thread is not None:
+            if self._thread is not None and self._thread.is_alive():
                 return
             self._stopping.clear()
+            self._stopped, self._died = False, None
             self._thread = threading.Thread(
                 target=self._loop, name=f"JobScheduler[{self.instance_id}]", daemon=True
             )
@@ -187,9 +250,14 @@ class JobScheduler:
         log.info("job scheduler %s started with %d job(s)", self.instance_id, len(self._jobs))
 
     def stop(self) -> None:
-        """Stop polling, ask running jobs to stop, wait up to `shutdown_timeout` for them."""
+        """Stop polling, ask running jobs to stop, wait up to `shutdown_timeout` for them.
+
+        Run ends the store has not taken yet are retried until `shutdown_timeout` too.
+        """
+        deadline = time.monotonic() + self.options.shutdown_timeout
         self._stopping.set()
         self._wake.set()
+        self._stopped = True
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join()
@@ -199,13 +267,14 @@ class JobScheduler:
             r.ctx._request_stop()
         for r in running:
             if r.thread is not None:
-                r.thread.join(self.options.shutdown_timeout)
+                r.thread.join(max(0.0, deadline - time.monotonic()))
                 if r.thread.is_alive():
                     log.warning(
                         "job %s still running after %.0fs; its lease will lapse",
                         r.job.display_name,
                         self.options.shutdown_timeout,
                     )
+        self._flush_ends(deadline)
         if self._stop_sub is not None:
             self._stop_sub.unsubscribe()
             self._stop_sub = None
@@ -282,7 +351,8 @@ class JobScheduler:
 
     def is_running(self, job_id: uuid.UUID | str) -> bool:
         """True while this instance runs the job."""
-        return self._job(job_id).id in self._running
+        r = self._running.get(self._job(job_id).id)
+        return r is not None and r.end is None
 
     def on_progress(self, listener: Callable[[JobProgress], None]) -> Callable[[], None]:
         """Call `listener` on every status/progress report of a job run here; returns unsubscribe."""
@@ -313,27 +383,54 @@ class JobScheduler:
         return await asyncio.to_thread(self.run_pending, wait=wait)
 
     def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self._poll()
-            except Exception:
-                log.exception("job scheduler %s: poll failed; retrying", self.instance_id)
-            self._wake.wait(self.options.poll_interval)
-            self._wake.clear()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    self._poll()
+                except Exception as exc:
+                    if self._store_watch.trouble is None:  # else the watch logged it
+                        log.error(
+                            "job scheduler %s: poll failed (%s); retrying",
+                            self.instance_id,
+                            describe(exc),
+                            exc_info=exc,
+                        )
+                self._wake.wait(self.options.poll_interval)
+                self._wake.clear()
+        except BaseException as exc:  # recorded for health(), then the thread ends
+            self._died = (time.time(), describe(exc))
+            log.critical(
+                "job scheduler %s: polling thread died (%s); no job runs on this instance",
+                self.instance_id,
+                describe(exc),
+                exc_info=exc,
+            )
+
+    def _call(self, now: float, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A store call whose failure or success `store_watch` notes."""
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            self._store_watch.failed(now, exc)
+            raise
+        self._store_watch.ok(now)
+        return result
 
     def _poll(self) -> list[tuple[_Running, JobRun]]:
         now = self.clock.now()
+        self._retry_ends(now)
         self._renew(now)
-        for aborted in self.store.reap_expired(now):
-            log.warning(
-                "job %s run %s aborted: instance %s stopped renewing its lease%s",
-                aborted.job_id,
-                aborted.run_id,
-                aborted.holder,
-                "; it will run again (restartable)" if aborted.restart_requested else "",
-            )
+        if self._store_watch.may_reap(now):
+            for aborted in self._call(now, self.store.reap_expired, now):
+                log.warning(
+                    "job %s run %s aborted: instance %s stopped renewing its lease%s",
+                    aborted.job_id,
+                    aborted.run_id,
+                    aborted.holder,
+                    "; it will run again (restartable)" if aborted.restart_requested else "",
+                )
         started: list[tuple[_Running, JobRun]] = []
-        for state in self.store.states():
+        for state in self._call(now, self.store.states):
             job = self._jobs.get(state.job_id)
             if job is None or state.lease_holder is not None or self._stopping.is_set():
                 continue
@@ -346,21 +443,45 @@ class JobScheduler:
         return started
 
     def _renew(self, now: float) -> None:
+        """Renew due leases, including those of ended runs whose release is pending.
+
+        A renewal the store cannot take (it is down) is retried at the next poll and the job
+        keeps running: other schedulers do not reap leases during an outage or for one lease
+        period after it, so the holder gets the chance to renew first.
+        """
         with self._lock:
             running = list(self._running.values())
         for r in running:
-            if not r.lease.renewal_due(now):
+            if r.lease_lost or not r.lease.renewal_due(now):
                 continue
             until = now + r.lease.lease_seconds
-            if self.store.renew(r.lease.job_id, r.lease.run_id, until):
+            try:
+                renewed = self._call(now, self.store.renew, r.lease.job_id, r.lease.run_id, until)
+            except Exception:
+                continue  # the store watch logged it; try again at the next poll
+            if renewed:
                 r.lease.renewed_at = now
             else:
-                log.error(
-                    "job %s lost its lease (run %s); asking it to stop",
-                    r.job.display_name,
-                    r.lease.run_id,
-                )
-                r.ctx._request_stop()
+                self._lease_lost(r, now)
+
+    def _lease_lost(self, r: _Running, now: float) -> None:
+        log.error(
+            "lease of job %s lost at %s (run %s): another instance reaped it; asking the job "
+            "to stop",
+            r.job.display_name,
+            _when(now),
+            r.lease.run_id,
+        )
+        with self._lock:
+            r.lease_lost = True
+            self._lost[r.job.id] = _LostLease(r.job.display_name, r.lease.run_id, now)
+            if r.end is not None:
+                r.end.released = True  # nothing left to release
+                if r.end.done:
+                    self._ending.pop(r.ctx.run_id, None)
+                if self._running.get(r.job.id) is r:
+                    del self._running[r.job.id]
+        r.ctx._request_stop()
 
     def _try_start(
         self, job: ScheduledJob, state: JobState, now: float
@@ -378,7 +499,9 @@ class JobScheduler:
         trigger = trigger or JobTrigger.SCHEDULED
         run_id = uuid.uuid4().hex
         lease = HeldLease(job.id, run_id, self.options.lease_seconds, now)
-        if not self.store.try_acquire(
+        if not self._call(
+            now,
+            self.store.try_acquire,
             state,
             instance_id=self.instance_id,
             run_id=run_id,
@@ -397,7 +520,14 @@ class JobScheduler:
             outcome=JobOutcome.RUNNING,
             status_message="",
         )
-        self.store.record_start(run)
+        try:
+            self._call(now, self.store.record_start, run)
+        except Exception:
+            try:  # the job has not run: free the lease now rather than when it lapses
+                self._call(now, self.store.release, job.id, run_id)
+            except Exception:
+                log.warning("job %s: could not release run %s", job.display_name, run_id)
+            raise
         ctx = JobContext(
             job_id=job.id,
             run_id=run_id,
@@ -416,6 +546,25 @@ class JobScheduler:
         return running, run
 
     def _execute(self, r: _Running, run: JobRun) -> None:
+        outcome, message = self._run_job(r)
+        ended = self.clock.now()
+        r.end = _PendingEnd(outcome, message, ended)
+        if self._end_attempt(r, ended):
+            with self._lock:
+                lost = self._lost.get(r.job.id)
+                if lost is not None and lost.run_id != r.ctx.run_id:
+                    del self._lost[r.job.id]  # a later run ended normally
+        log.info("job %s %s: %s", r.job.display_name, outcome.value, message)
+        final = attrs.evolve(run, ended_at=ended, outcome=outcome, status_message=message)
+        r.final = final
+        for listener in list(self._finished_listeners):
+            try:
+                listener(final)
+            except Exception:
+                log.exception("job finished listener failed")
+
+    def _run_job(self, r: _Running) -> tuple[JobOutcome, str]:
+        """Run `execute`; its outcome and status message (storable), whatever it raised."""
         outcome, message = JobOutcome.SUCCEEDED, ""
         try:
             result = r.job.execute(r.ctx)
@@ -426,32 +575,187 @@ class JobScheduler:
             if stopped and r.job.stoppable:
                 outcome = JobOutcome.STOPPED
         except JobStopped as exc:
-            outcome, message = JobOutcome.STOPPED, r.ctx.status or str(exc)
-        except Exception as exc:
+            outcome, message = JobOutcome.STOPPED, r.ctx.status or message_of(exc)
+        except BaseException as exc:  # even SystemExit: the run must end and free its lease
             log.exception("job %s failed (run %s)", r.job.display_name, r.ctx.run_id)
-            outcome, message = JobOutcome.FAILED, f"{type(exc).__name__}: {exc}"
-        ended = self.clock.now()
+            outcome, message = JobOutcome.FAILED, describe(exc)
+        if not isinstance(message, str):
+            message = repr(message)
+        return outcome, storable_text(message)
+
+    def _end_attempt(self, r: _Running, now: float) -> bool:
+        """Record the end of `r` and release its lease (each if not done yet); True when done.
+
+        The release is attempted whatever happens while recording. While it is not done the
+        run stays in `_running`, so `_poll` keeps renewing its lease: no other instance can
+        take the lease and run a job that already ended. Failed attempts are retried by
+        `_poll` with a doubling delay.
+        """
+        end = r.end
+        assert end is not None
+        errors: list[Exception] = []
         try:
-            self.store.record_end(
-                r.ctx.run_id, ended_at=ended, outcome=outcome, status_message=message
-            )
-            self.store.release(r.job.id, r.ctx.run_id)
-        except Exception:
-            log.exception(
-                "job %s: could not record the end of run %s", r.job.display_name, r.ctx.run_id
-            )
+            if not end.recorded:
+                self._call(
+                    now,
+                    self.store.record_end,
+                    r.ctx.run_id,
+                    ended_at=end.ended_at,
+                    outcome=end.outcome,
+                    status_message=end.message,
+                )
+                end.recorded = True
+        except Exception as exc:
+            errors.append(exc)
         finally:
+            if not end.released:
+                try:
+                    self._call(now, self.store.release, r.job.id, r.ctx.run_id)
+                    end.released = True
+                except Exception as exc:
+                    errors.append(exc)
+        with self._lock:
+            if end.released and self._running.get(r.job.id) is r:
+                del self._running[r.job.id]
+            if end.done:
+                self._ending.pop(r.ctx.run_id, None)
+                if end.attempts:
+                    log.info(
+                        "job %s: the end of run %s (%s) is recorded after %d failed attempt(s)",
+                        r.job.display_name,
+                        r.ctx.run_id,
+                        end.outcome.value,
+                        end.attempts,
+                    )
+                return True
+            end.attempts += 1
+            end.failing_since = end.failing_since if end.failing_since is not None else now
+            end.last_error = describe(errors[-1])
+            if end.released and end.attempts >= RECORD_ATTEMPTS:
+                self._ending.pop(r.ctx.run_id, None)
+                log.error(
+                    "job %s: gave up recording the end of run %s after %d attempts (%s); the "
+                    "history keeps it as running. It ended %s: %s",
+                    r.job.display_name,
+                    r.ctx.run_id,
+                    end.attempts,
+                    end.last_error,
+                    end.outcome.value,
+                    end.message,
+                )
+                return False
+            cap = max(RETRY_FIRST_DELAY, self.options.lease_seconds / 3)
+            end.next_attempt_at = now + min(cap, RETRY_FIRST_DELAY * 2 ** (end.attempts - 1))
+            self._ending[r.ctx.run_id] = r
+        log.warning(
+            "job %s: could not record the end of run %s (%s, attempt %d: %s); %s",
+            r.job.display_name,
+            r.ctx.run_id,
+            end.outcome.value,
+            end.attempts,
+            end.last_error,
+            "the lease is released, retrying the record"
+            if end.released
+            else "the lease is kept and renewed meanwhile, so the job does not run again; retrying",
+        )
+        return False
+
+    def _retry_ends(self, now: float, *, due_only: bool = True) -> None:
+        """Retry the run ends the store did not take (one poller at a time)."""
+        if not self._retrying.acquire(blocking=False):
+            return
+        try:
             with self._lock:
-                if self._running.get(r.job.id) is r:
-                    del self._running[r.job.id]
-        log.info("job %s %s: %s", r.job.display_name, outcome.value, message)
-        final = attrs.evolve(run, ended_at=ended, outcome=outcome, status_message=message)
-        r.final = final
-        for listener in list(self._finished_listeners):
-            try:
-                listener(final)
-            except Exception:
-                log.exception("job finished listener failed")
+                ending = list(self._ending.values())
+            for r in ending:
+                if r.end is not None and (not due_only or r.end.next_attempt_at <= now):
+                    self._end_attempt(r, now)
+        finally:
+            self._retrying.release()
+
+    def _flush_ends(self, deadline: float) -> None:
+        """At stop: retry pending run ends with backoff until `deadline` (monotonic)."""
+        delay = RETRY_FIRST_DELAY / 4
+        while self._ending:
+            self._retry_ends(self.clock.now(), due_only=False)
+            if not self._ending or time.monotonic() + delay > deadline:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_FIRST_DELAY * 4)
+        with self._lock:
+            left = list(self._ending.values())
+            self._ending.clear()
+        for r in left:
+            assert r.end is not None
+            log.error(
+                "job %s: stopped before the end of run %s could be recorded (%s). It ended %s: "
+                "%s. %s",
+                r.job.display_name,
+                r.ctx.run_id,
+                r.end.last_error,
+                r.end.outcome.value,
+                r.end.message,
+                "The history keeps it as running."
+                if r.end.released
+                else "Its lease will lapse: other instances mark it aborted"
+                + (" and run the job again (restartable)." if r.job.restartable else "."),
+            )
+
+    # ----------------------------------------------------------------- health
+    def health(self) -> Health:
+        """How this scheduler is doing, with reasons in words when it is not OK.
+
+        DOWN: not started, stopped, or its polling thread died. DEGRADED: the store is failing,
+        a lease was lost while a job ran, or the end of a run waits to be recorded.
+        """
+        now = self.clock.now()
+        down: list[str] = []
+        degraded: list[str] = []
+        thread = self._thread
+        if thread is None:
+            down.append(
+                "the scheduler is stopped: no job runs on this instance"
+                if self._stopped
+                else "the scheduler is not started: call start() (or use it in a with block) "
+                "so that due jobs run on this instance"
+            )
+        elif not thread.is_alive():
+            died_at, error = self._died or (now, "unknown error")
+            down.append(
+                f"the scheduler's polling thread died at {_when(died_at)} ({error}): no job "
+                "runs on this instance; see the log and restart the instance"
+            )
+        trouble = self._store_watch.trouble
+        if trouble is not None:
+            degraded.append(
+                f"the job store {redact(repr(self.store))} has failed since "
+                f"{_when(trouble.since)} ({trouble.failures} failed call(s); last error: "
+                f"{trouble.last_error}); running jobs go on and their ends are recorded when it "
+                "answers; check that the database is up and reachable"
+            )
+        with self._lock:
+            lost = list(self._lost.values())
+            ending = [r for r in self._ending.values() if r.end is not None]
+        for lease in lost:
+            if now - lease.at < LOST_LEASE_REPORTED_FOR:
+                degraded.append(
+                    f"lease of job {lease.job_name!r} lost at {_when(lease.at)} (run "
+                    f"{lease.run_id}): the run was asked to stop and the job may have run on "
+                    "another instance too; check this instance's clock and its link to the store"
+                )
+        for r in ending:
+            end = r.end
+            assert end is not None
+            degraded.append(
+                f"the end of run {r.ctx.run_id} of job {r.job.display_name!r} ({end.outcome.value}) "
+                f"is not recorded yet: {end.attempts} attempt(s) failed since "
+                f"{_when(end.failing_since or now)} (last error: {end.last_error}); retrying at "
+                f"{_when(end.next_attempt_at)}"
+                + ("" if end.released else "; its lease is kept meanwhile")
+            )
+        return Health.from_reasons(
+            f"job scheduler {self.instance_id!r}", down=down, degraded=degraded
+        )
 
     def _report(self, progress: JobProgress) -> None:
         for listener in list(self._listeners):

@@ -9,10 +9,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ._errors import JobsError, JobStoreError, UnknownJobError
 from ._job import JobOutcome, JobRun, JobTrigger
-from ._store import AbortedRun, JobState, UnknownJobError
+from ._store import AbortedRun, JobState
+from ._text import redact, storable_text
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")
 
 # {s}: schedule table, {h}: history table. Placeholders are :name (translated per driver).
 _DDL = (
@@ -49,7 +51,7 @@ _RUN_COLUMNS = (
 
 def check_identifier(what: str, value: str) -> str:
     """Table names and prefixes go into SQL text: allow letters, digits and underscores only."""
-    if not _IDENT.match(value):
+    if not isinstance(value, str) or not _IDENT.fullmatch(value):
         raise ValueError(
             f"{what} {value!r} is not a plain SQL identifier; use letters, digits and '_' "
             "(starting with a letter or '_', at most 41 characters)"
@@ -84,7 +86,14 @@ def _run(row: Sequence[Any]) -> JobRun:
 
 
 class SqlJobStore(abc.ABC):
-    """A `JobStore` over one DB-API connection, serialised by a lock (calls are short)."""
+    """A `JobStore` over one DB-API connection, serialised by a lock (calls are short).
+
+    Every text parameter goes through `storable_text` (NUL removed, length capped) and every
+    driver error comes out as `JobStoreError`.
+    """
+
+    _driver_errors: tuple[type[Exception], ...] = ()
+    """The driver's error classes, wrapped in `JobStoreError`."""
 
     def __init__(self, schedule_table: str, history_table: str) -> None:
         self._s = schedule_table
@@ -96,8 +105,14 @@ class SqlJobStore(abc.ABC):
         """Run one statement in autocommit; return (rows, rowcount). Caller holds the lock."""
 
     def _q(self, sql: str, **params: Any) -> tuple[list[tuple[Any, ...]], int]:
+        clean = {k: storable_text(v) if isinstance(v, str) else v for k, v in params.items()}
         with self._lock:
-            return self._execute(sql.format(s=self._s, h=self._h), params)
+            try:
+                return self._execute(sql.format(s=self._s, h=self._h), clean)
+            except JobsError:
+                raise
+            except self._driver_errors as exc:
+                raise JobStoreError(redact(f"{self!r}: {type(exc).__name__}: {exc}")) from exc
 
     def _create_schema(self) -> None:
         for ddl in _DDL:

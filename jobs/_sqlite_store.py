@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
+from ._errors import JobStoreUnavailableError
 from ._sql_store import SqlJobStore, check_identifier
 
 
@@ -14,8 +15,11 @@ class SqliteJobStore(SqlJobStore):
     """Schedules, leases and history in a SQLite file (stdlib `sqlite3`, WAL mode).
 
     Fine for one machine (several processes may share the file); use `PostgresJobStore` for a
-    farm of machines.
+    farm of machines. Failures raise `JobStoreError` (`JobStoreUnavailableError` when the file
+    cannot be opened).
     """
+
+    _driver_errors = (sqlite3.Error,)
 
     def __init__(
         self, path: str | os.PathLike[str], *, table_prefix: str = "scheduled_job_"
@@ -28,14 +32,12 @@ class SqliteJobStore(SqlJobStore):
                 self.path, timeout=30.0, isolation_level=None, check_same_thread=False
             )
         except sqlite3.OperationalError as exc:
-            raise OSError(
+            raise JobStoreUnavailableError(
                 f"SqliteJobStore: cannot open {self.path!r} ({exc}); pass a writable file path"
             ) from exc
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA busy_timeout=30000")
-        self._conn.execute(
-            "PRAGMA synchronous=NORMAL"
-        )  # WAL: durable at checkpoints, never corrupt
+        self._q("PRAGMA journal_mode=WAL")
+        self._q("PRAGMA busy_timeout=30000")
+        self._q("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
         self._create_schema()
 
     def _execute(self, sql: str, params: Mapping[str, Any]) -> tuple[list[tuple[Any, ...]], int]:

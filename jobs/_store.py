@@ -3,6 +3,8 @@
 A store is shared by every scheduler of the farm. Its operations are atomic compare-and-set
 statements, so two schedulers racing for one job cannot both win. Times are seconds since the
 epoch from the schedulers' clocks (keep instance clocks in sync, as NTP does on any PaaS).
+The SQL stores pass every text through `storable_text` and raise `JobStoreError` when a
+statement fails; the scheduler copes with any exception from a store.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from typing import Protocol
 
 import attrs
 
+from ._errors import UnknownJobError
 from ._job import JobOutcome, JobRun, JobTrigger
+
+__all__ = ["AbortedRun", "JobState", "JobStore", "UnknownJobError"]
 
 
 @attrs.frozen
@@ -39,10 +44,6 @@ class AbortedRun:
     run_id: str
     holder: str
     restart_requested: bool
-
-
-class UnknownJobError(LookupError):
-    """The job id is not registered in the store."""
 
 
 class JobStore(Protocol):

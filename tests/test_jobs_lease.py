@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,12 +15,11 @@ from jobs import (
     JobStore,
     ManualClock,
     SchedulerOptions,
-    SqliteJobStore,
 )
 
 from ._jobs_helpers import BlockingJob, CountingJob
+from ._jobs_helpers import store_factory as open_store_factory
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 T0 = 1_772_000_000.0
 
 StoreFactory = Callable[[], JobStore]
@@ -30,34 +28,8 @@ StoreFactory = Callable[[], JobStore]
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """Opens independent connections to one store (as separate instances would)."""
-    opened: list[JobStore] = []
-    if request.param == "sqlite":
-
-        def factory() -> JobStore:
-            opened.append(SqliteJobStore(tmp_path / "farm.sqlite3"))
-            return opened[-1]
-
+    with open_store_factory(request.param, tmp_path) as factory:
         yield factory
-    else:
-        import psycopg
-
-        from jobs import PostgresJobStore
-
-        schema = f"jobs_test_{uuid.uuid4().hex[:10]}"
-        try:
-            psycopg.connect(PG_URL, connect_timeout=5).close()
-        except psycopg.OperationalError as exc:
-            pytest.fail(f"PostgreSQL is not reachable at {PG_URL}: {exc} (run scripts/services.sh)")
-
-        def factory() -> JobStore:
-            opened.append(PostgresJobStore(PG_URL, schema=schema))
-            return opened[-1]
-
-        yield factory
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    for store in opened:
-        store.close()
 
 
 def scheduler(
