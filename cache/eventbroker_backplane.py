@@ -12,6 +12,7 @@ This is the only module of `cache` that imports `eventbroker`.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 import attrs
@@ -26,6 +27,7 @@ from eventbroker import (
     PublishError,
     Subscription,
 )
+from eventbroker._diagnostics import LogLimiter
 
 from ._backplane import (
     BackplaneConnectionInfo,
@@ -105,6 +107,12 @@ class EventBrokerBackplane:
         self.raiser_id = uuid.UUID(str(raiser_id))
         self._options: BackplaneSubscriptionOptions | None = None
         self._subscriptions: list[Subscription] = []
+        self._log = LogLimiter(logger, time.monotonic)  # once per cause per minute
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the broker's transport is connected (what `HybridCache.health()` reports)."""
+        return self.broker.connection_state is not ConnectionState.DISCONNECTED
 
     # ---------------------------------------------------------------- the protocol
 
@@ -157,14 +165,18 @@ class EventBrokerBackplane:
             return
         wire = args.param
         if not isinstance(wire, BackplaneWireMessage):
-            logger.warning("ignored a backplane event whose param is %r", type(wire).__name__)
+            self._log.warn(
+                "param", "ignored a backplane event whose param is %r", type(wire).__name__
+            )
             return
         if wire.cache_name and wire.cache_name != options.cache_name:
             return
         try:
             message = wire.to_message()
         except ValueError:
-            logger.warning("ignored a backplane message with unknown action %r", wire.action)
+            self._log.warn(
+                "action", "ignored a backplane message with unknown action %r", wire.action[:40]
+            )
             return
         options.incoming_message_handler(message)
 

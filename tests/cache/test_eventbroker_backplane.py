@@ -229,3 +229,22 @@ def test_a_message_the_broker_refuses_is_not_queued(spawn: Callable[..., Instanc
     a = spawn(with_l2=False)
     a.cache.set("k" * 300_000, 1)  # the envelope would exceed max_message_bytes
     assert a.cache.auto_recovery_pending == []
+
+
+def test_cache_health_follows_the_broker_connection(hub: InMemoryHub) -> None:
+    from cache import HealthStatus
+
+    instance = Instance(hub, None)
+    try:
+        wait_until(lambda: instance.backplane.is_connected)
+        assert instance.cache.health().status is HealthStatus.OK
+        hub.go_down()
+        hub.drain()
+        health = instance.cache.health()
+        assert health.status is HealthStatus.DEGRADED
+        assert "backplane (EventBrokerBackplane) disconnected" in health.reasons[0]
+        hub.come_up()
+        hub.drain()
+        wait_until(lambda: instance.cache.health().status is HealthStatus.OK)
+    finally:
+        instance.close()
