@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import abc
+import logging
+import math
 import re
 import threading
+import time
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from ._errors import JobsError, JobStoreError, UnknownJobError
 from ._job import JobOutcome, JobRun, JobTrigger
 from ._store import AbortedRun, JobState
 from ._text import redact, storable_text
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")
 
@@ -59,30 +65,67 @@ def check_identifier(what: str, value: str) -> str:
     return value
 
 
+def _time(value: Any, *, optional: bool = True) -> float | None:
+    if value is None and optional:
+        return None
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ValueError(f"{value!r:.40} is not a time in seconds")
+    return float(value)
+
+
+def _text(value: Any, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if type(value) is not str:
+        raise ValueError(f"{value!r:.40} is not text")
+    return value
+
+
 def _state(row: Sequence[Any]) -> JobState:
     return JobState(
-        job_id=uuid.UUID(row[0]),
-        name=row[1],
+        job_id=uuid.UUID(_text(row[0])),
+        name=_text(row[1]),  # type: ignore[arg-type]
         restartable=bool(row[2]),
-        next_run_at=row[3],
+        next_run_at=_time(row[3]),
         run_requested=None if row[4] is None else JobTrigger(row[4]),
-        lease_holder=row[5],
-        lease_run_id=row[6],
-        lease_expires_at=row[7],
+        lease_holder=_text(row[5], optional=True),
+        lease_run_id=_text(row[6], optional=True),
+        lease_expires_at=_time(row[7]),
     )
 
 
 def _run(row: Sequence[Any]) -> JobRun:
     return JobRun(
-        run_id=row[0],
-        job_id=uuid.UUID(row[1]),
-        instance_id=row[2],
+        run_id=_text(row[0]),  # type: ignore[arg-type]
+        job_id=uuid.UUID(_text(row[1])),
+        instance_id=_text(row[2]),  # type: ignore[arg-type]
         trigger=JobTrigger(row[3]),
-        started_at=row[4],
-        ended_at=row[5],
+        started_at=_time(row[4], optional=False),  # type: ignore[arg-type]
+        ended_at=_time(row[5]),
         outcome=JobOutcome(row[6]),
-        status_message=row[7],
+        status_message=_text(row[7]),  # type: ignore[arg-type]
     )
+
+
+_UNREADABLE = (ValueError, TypeError, IndexError, AttributeError)
+_unreadable_logged: dict[str, float] = {}
+
+
+def _readable(
+    rows: list[tuple[Any, ...]], parse: Callable[[Sequence[Any]], T], what: str
+) -> list[T]:
+    """Parse rows read from the store (hostile: edited by hand, written by a newer release);
+    an unreadable row is skipped and logged once per minute, never an exception."""
+    parsed: list[T] = []
+    for row in rows:
+        try:
+            parsed.append(parse(row))
+        except _UNREADABLE as exc:
+            now = time.monotonic()
+            if now >= _unreadable_logged.get(what, 0.0):
+                _unreadable_logged[what] = now + 60.0
+                log.warning("skipped an unreadable %s row in the job store: %s", what, exc)
+    return parsed
 
 
 class SqlJobStore(abc.ABC):
@@ -144,13 +187,16 @@ class SqlJobStore(abc.ABC):
 
     def states(self) -> list[JobState]:
         rows, _ = self._q(f"SELECT {_STATE_COLUMNS} FROM {{s}} ORDER BY job_id")
-        return [_state(r) for r in rows]
+        return _readable(rows, _state, "job")
 
     def state(self, job_id: uuid.UUID) -> JobState:
         rows, _ = self._q(f"SELECT {_STATE_COLUMNS} FROM {{s}} WHERE job_id = :id", id=str(job_id))
         if not rows:
             raise UnknownJobError(f"job {job_id} is not registered in the job store")
-        return _state(rows[0])
+        states = _readable(rows, _state, "job")
+        if not states:
+            raise JobStoreError(f"the job store's row for job {job_id} is unreadable")
+        return states[0]
 
     def try_acquire(
         self,
@@ -208,6 +254,10 @@ class SqlJobStore(abc.ABC):
         )
         aborted: list[AbortedRun] = []
         for job_id, run_id, holder, restartable, expired_at in rows:
+            try:
+                parsed_id = uuid.UUID(_text(job_id))
+            except _UNREADABLE:
+                continue  # an unreadable row: states() says so
             _, count = self._q(
                 "UPDATE {s} SET lease_holder = NULL, lease_run_id = NULL, "
                 "lease_expires_at = NULL, run_requested = CASE WHEN restartable = 1 "
@@ -230,7 +280,7 @@ class SqlJobStore(abc.ABC):
             )
             aborted.append(
                 AbortedRun(
-                    job_id=uuid.UUID(job_id),
+                    job_id=parsed_id,
                     run_id=run_id,
                     holder=holder,
                     restart_requested=bool(restartable),
@@ -281,4 +331,4 @@ class SqlJobStore(abc.ABC):
             id=str(job_id),
             limit=int(limit),
         )
-        return [_run(r) for r in rows]
+        return _readable(rows, _run, "history")
