@@ -469,15 +469,7 @@ class EventBroker:
                     now,
                 ),
             )
-        self._presence.event(
-            source,
-            now=now,
-            application_name=envelope.application_name,
-            site_id=envelope.site_id,
-            host=envelope.host,
-            started_at=envelope.started_at,
-            sequence=envelope.sequence,
-        )
+        self._presence.event(envelope, now)
 
         registry = self._registry
         event = registry._find(envelope.event_id) if registry is not None else None
@@ -538,18 +530,7 @@ class EventBroker:
             return
         if heartbeat.kind is HeartbeatKind.BYE:
             self._presence.bye(source)
-        elif not self._presence.heartbeat(
-            source,
-            sent_at=heartbeat.sent_at,
-            now=now,
-            application_name=heartbeat.application_name,
-            site_id=heartbeat.site_id,
-            host=heartbeat.host,
-            started_at=heartbeat.started_at,
-            last_sequence=heartbeat.last_sequence,
-            interval=heartbeat.interval,
-            summary=heartbeat.summary,
-        ):
+        elif not self._presence.heartbeat(heartbeat, now):
             return  # not newer than one already taken: a duplicate or a replay
         self._counts["heartbeats_received"] += 1
         self._tracker.heartbeat(

@@ -11,6 +11,8 @@ from typing import Any
 
 import attrs
 
+from ._envelope import Envelope, Heartbeat
+
 MISSED_HEARTBEATS = 3
 """An instance not heard from for this many heartbeat intervals drops out."""
 
@@ -84,54 +86,33 @@ class Presence:
         self._records: dict[str, _Record] = {}
         self._last_heartbeat: dict[str, float] = {}  # sent_at of the newest heartbeat taken
 
-    def heartbeat(
-        self,
-        instance_id: str,
-        *,
-        sent_at: float,
-        now: float,
-        application_name: str,
-        site_id: str | None,
-        host: str,
-        started_at: float,
-        last_sequence: int,
-        interval: float,
-        summary: Any,
-    ) -> bool:
+    def heartbeat(self, heartbeat: Heartbeat, now: float) -> bool:
         """Record a heartbeat; False for one not newer than the last taken (a replay)."""
-        if sent_at <= self._last_heartbeat.get(instance_id, float("-inf")):
+        instance_id = heartbeat.instance_id
+        if heartbeat.sent_at <= self._last_heartbeat.get(instance_id, float("-inf")):
             return False
-        self._last_heartbeat[instance_id] = sent_at
-        record = self._record(instance_id, application_name, site_id)
-        record.host = host
-        record.started_at = started_at
+        self._last_heartbeat[instance_id] = heartbeat.sent_at
+        record = self._record(instance_id, heartbeat.application_name, heartbeat.site_id)
+        record.host = heartbeat.host
+        record.started_at = heartbeat.started_at
         record.last_seen = now
-        if last_sequence and last_sequence > (record.last_sequence or 0):
-            record.last_sequence = last_sequence
-        record.heartbeat_interval = interval
+        if heartbeat.last_sequence > (record.last_sequence or 0):
+            record.last_sequence = heartbeat.last_sequence
+        record.heartbeat_interval = heartbeat.interval
+        summary = heartbeat.summary
         record.summary = summary if isinstance(summary, Mapping) else None
         return True
 
-    def event(
-        self,
-        instance_id: str,
-        *,
-        now: float,
-        application_name: str,
-        site_id: str | None,
-        host: str | None,
-        started_at: float | None,
-        sequence: int,
-    ) -> None:
-        """Record an event from `instance_id` (adds it if its hello was never heard)."""
-        record = self._records.get(instance_id)
+    def event(self, envelope: Envelope, now: float) -> None:
+        """Record an event (adds its sender if its hello was never heard)."""
+        record = self._records.get(envelope.instance_id)
         if record is None:
-            record = self._record(instance_id, application_name, site_id)
-            record.host = host
-            record.started_at = started_at
+            record = self._record(envelope.instance_id, envelope.application_name, envelope.site_id)
+            record.host = envelope.host
+            record.started_at = envelope.started_at
         record.last_seen = now
-        if sequence > (record.last_sequence or 0):
-            record.last_sequence = sequence
+        if envelope.sequence > (record.last_sequence or 0):
+            record.last_sequence = envelope.sequence
 
     def bye(self, instance_id: str) -> None:
         self._records.pop(instance_id, None)
