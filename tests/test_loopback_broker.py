@@ -533,7 +533,8 @@ def test_command_line_in_the_background_sets_up_a_shell_with_eval() -> None:
         f'eval "$({shlex.quote(sys.executable)} -m eventbroker.testing.servicebus_broker '
         '--background --port 0 --topic evald)" && '
         f"{shlex.quote(sys.executable)} -c {shlex.quote(SHELL_CHECK)}; "
-        'status=$?; kill "$EVENTBROKER_LOOPBACK_PID"; exit $status'
+        'status=$?; kill "$EVENTBROKER_LOOPBACK_PID"; rm -f "$EVENTBROKER_LOOPBACK_LOG"; '
+        "exit $status"
     )
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -571,7 +571,8 @@ def _start_in_background(argv: list[str]) -> int:
     for line in lines:
         print(line)
     print(f"export EVENTBROKER_LOOPBACK_PID={process.pid}")
-    print(f"# running in the background (log: {log.name}); stop it: kill {process.pid}")
+    print(f"export EVENTBROKER_LOOPBACK_LOG={shlex.quote(log.name)}")
+    print(f"# running in the background; stop it: kill {process.pid}")
     return 0
 
 
