@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from eventbroker.servicebus import ServiceBusOptions
@@ -24,3 +25,17 @@ def sb_options(bus: LoopbackServiceBus, **overrides: Any) -> ServiceBusOptions:
     }
     values.update(overrides)
     return ServiceBusOptions(**values)
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on (yet)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def down_options(port: int, admin_port: int, **overrides: Any) -> ServiceBusOptions:
+    """`sb_options` for a loopback broker that will listen on these ports (not running yet)."""
+    bus = LoopbackServiceBus(port=port, admin_port=admin_port)  # never started: addresses only
+    return sb_options(bus, **overrides)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import datetime
+import shlex
 import signal
 import socket
 import subprocess
@@ -32,6 +33,7 @@ from azure.servicebus.exceptions import (
 )
 from azure.servicebus.management import CorrelationRuleFilter, SqlRuleFilter
 
+from eventbroker.servicebus import ServiceBusOptions
 from eventbroker.testing import LoopbackServiceBus, administration_client
 
 RAD = ServiceBusReceiveMode.RECEIVE_AND_DELETE
@@ -482,7 +484,7 @@ def test_stop_closes_the_sockets_and_refusal_reopens() -> None:
             socket.create_connection(("127.0.0.1", closed), timeout=1)
 
 
-def test_command_line_prints_a_working_connection_string() -> None:
+def test_command_line_prints_the_library_settings_as_export_lines() -> None:
     process = subprocess.Popen(
         [
             sys.executable,
@@ -499,14 +501,44 @@ def test_command_line_prints_a_working_connection_string() -> None:
     )
     try:
         assert process.stdout is not None
-        lines = dict(process.stdout.readline().strip().split("=", 1) for _ in range(2))
-        connection_string = lines["SERVICEBUS_CONNECTION_STRING"]
-        assert "UseDevelopmentEmulator=true" in connection_string
-        with administration_client(connection_string, lines["SERVICEBUS_ADMIN_ENDPOINT"]) as admin:
+        lines = [process.stdout.readline() for _ in range(3)]
+        assert all(line.startswith("export EVENTBROKER_SERVICEBUS_") for line in lines)
+        env = dict(shlex.split(line)[1].split("=", 1) for line in lines)
+        options = ServiceBusOptions.from_env(env)
+        assert options.topic == "cli"
+        assert options.connection_string is not None
+        assert "UseDevelopmentEmulator=true" in options.connection_string
+        assert options.administration_endpoint is not None
+        with administration_client(
+            options.connection_string, options.administration_endpoint
+        ) as admin:
             assert [t.name for t in admin.list_topics()] == ["cli"]
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 0
+
+
+SHELL_CHECK = """
+from eventbroker.servicebus import ServiceBusOptions
+from eventbroker.testing import administration_client
+
+options = ServiceBusOptions.from_env()
+with administration_client(options.connection_string, options.administration_endpoint) as admin:
+    print(options.topic, [t.name for t in admin.list_topics()])
+"""
+
+
+def test_command_line_in_the_background_sets_up_a_shell_with_eval() -> None:
+    script = (
+        f'eval "$({shlex.quote(sys.executable)} -m eventbroker.testing.servicebus_broker '
+        '--background --port 0 --topic evald)" && '
+        f"{shlex.quote(sys.executable)} -c {shlex.quote(SHELL_CHECK)}; "
+        'status=$?; kill "$EVENTBROKER_LOOPBACK_PID"; rm -f "$EVENTBROKER_LOOPBACK_LOG"; '
+        "exit $status"
+    )
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "evald ['evald']"
 
 
 def test_a_taken_port_is_a_clear_error(servicebus_broker: LoopbackServiceBus) -> None:
@@ -546,3 +578,23 @@ def test_refused_connections_come_back_by_themselves(
         except ConnectionRefusedError:
             assert time.monotonic() < deadline, "the listener never reopened"
             time.sleep(0.05)
+
+
+def test_a_wrong_key_is_refused_by_the_admin_endpoint_and_by_cbs() -> None:
+    with LoopbackServiceBus(shared_access_key="right") as broker:
+        broker.create_topic("t")
+        wrong = broker.connection_string.replace("SharedAccessKey=right", "SharedAccessKey=wrong")
+        with (
+            administration_client(wrong, broker.admin_endpoint) as admin,
+            pytest.raises(HttpResponseError, match="InvalidSignature") as refused,
+        ):
+            admin.get_topic("t")
+        assert refused.value.status_code == 401
+        with (
+            ServiceBusClient.from_connection_string(wrong, retry_total=0) as client,
+            pytest.raises(ServiceBusError),
+            client.get_topic_sender("t") as sender,
+        ):
+            sender.send_messages(ServiceBusMessage(b"x"))
+        with administration_client(broker.connection_string, broker.admin_endpoint) as admin:
+            assert admin.get_topic("t").name == "t"

@@ -27,7 +27,7 @@ from eventbroker._envelope import Envelope, EnvelopeCodec, normalize_keys
 from eventbroker.servicebus import ServiceBusTransport
 from eventbroker.testing import LoopbackServiceBus
 
-from .servicebus_support import TOPIC, sb_options
+from .servicebus_support import TOPIC, free_port, sb_options
 
 EVENT = uuid.UUID("6a1f7c3e-0000-4000-8000-00000000e4e4")
 RAISER = uuid.UUID("6a1f7c3e-0000-4000-8000-0000000000a1")
@@ -217,6 +217,24 @@ def test_broker_down_raise_errors_are_clear_queued_events_arrive_and_caches_reco
         _eventually(lambda: not cache_b.try_get("price").has_value)  # b's copy is not served
         cache_a.close()
         cache_b.close()
+
+
+def test_an_app_starts_while_service_bus_is_down_and_catches_up_by_itself() -> None:
+    bus = LoopbackServiceBus(port=free_port(), admin_port=free_port())  # not listening yet
+    app = Node(bus)
+    app.broker.start()  # returns: the web app starts although Service Bus is unreachable
+    try:
+        app.raise_broadcast("while-down")  # queued
+        assert not app.missed
+        bus.create_topic(TOPIC)
+        bus.create_subscription(TOPIC, "observer")  # receives from the moment app can send
+        with bus:
+            app.wait_for(lambda: any(m.reason is MissedReason.RECONNECT for m in app.missed))
+            observer = Node(bus, subscription_name="observer")
+            with observer.broker:
+                observer.wait_for(lambda: "while-down" in observer.params())
+    finally:
+        app.broker.stop()
 
 
 def test_poison_messages_are_dead_lettered_with_a_reason_and_the_loop_goes_on(

@@ -73,3 +73,42 @@ def test_three_processes_receive_every_other_broadcast_once(bus: LoopbackService
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+EXITING_APP = """
+import atexit, sys, time
+from eventbroker import EventBroker, EventBrokerOptions
+from eventbroker.servicebus import ServiceBusOptions, ServiceBusTransport
+
+options = ServiceBusOptions(
+    connection_string=sys.argv[1], administration_endpoint=sys.argv[2], topic="events",
+    subscription_check_interval=0.05, receive_wait=0.05,  # the loops keep calling Service Bus
+)
+broker = EventBroker(
+    ServiceBusTransport(options), EventBrokerOptions(secret="x", application_name="shop")
+)
+broker.start()
+if sys.argv[3] == "stop-at-exit":
+    atexit.register(broker.stop)
+atexit.register(time.sleep, 1.0)  # other exit handlers run first, while the loops go on
+print("STARTED", broker.transport.subscription_name, flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["exit-without-stop", "stop-at-exit"])
+def test_exiting_with_a_started_broker_logs_no_executor_error(
+    bus: LoopbackServiceBus, how: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", EXITING_APP, bus.connection_string, bus.admin_endpoint, how],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "cannot schedule new futures" not in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    subscription = done.stdout.split()[1]
+    if how == "stop-at-exit":
+        assert subscription not in bus.subscription_names(TOPIC)

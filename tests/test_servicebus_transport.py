@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import attrs
 import pytest
 from azure.core.credentials import AccessToken
 
@@ -26,7 +29,7 @@ from eventbroker.servicebus import (
 )
 from eventbroker.testing import LoopbackServiceBus
 
-from .servicebus_support import sb_options
+from .servicebus_support import down_options, free_port, sb_options
 
 
 class RecordingSink:
@@ -226,18 +229,111 @@ async def test_a_subscription_deleted_under_a_running_transport_is_recreated(
         await sink_a.wait_for(lambda: b"to the new subscription" in sink_a.bodies)
 
 
-async def test_unreachable_namespace_fails_start_clearly() -> None:
-    options = ServiceBusOptions(
-        connection_string="Endpoint=sb://127.0.0.1:9;SharedAccessKeyName=k;SharedAccessKey=v;"
-        "UseDevelopmentEmulator=true",
-        administration_endpoint="http://127.0.0.1:9",
-        sdk_retry_total=0,
+async def test_start_with_service_bus_down_returns_at_once_then_connects_by_itself() -> None:
+    port, admin_port = free_port(), free_port()
+    transport = ServiceBusTransport(down_options(port, admin_port, start_timeout=30.0))
+    sink = RecordingSink()
+    began = time.monotonic()
+    await transport.start(sink)  # nothing listens: no exception, no wait for start_timeout
+    assert time.monotonic() - began < 3.0  # regression guard only (it took 4.8 s, then raised)
+    try:
+        assert sink.states == [ConnectionState.DISCONNECTED]
+        assert transport.disconnected_since is not None
+        assert "Connection refused" in transport.last_error
+        transport.publish(message(b"sent while down"))
+        assert transport.queued == 1
+        bus = LoopbackServiceBus(port=port, admin_port=admin_port)
+        bus.create_topic("events")  # an observer's subscription exists before anyone sends
+        bus.create_subscription("events", "observer")
+        with bus:
+            await sink.wait_for(lambda: ConnectionState.RECONNECTED in sink.states)
+            assert sink.states == [ConnectionState.DISCONNECTED, ConnectionState.RECONNECTED]
+            assert transport.disconnected_since is None
+            assert transport.subscription_name in bus.subscription_names("events")
+            observer = ServiceBusTransport(sb_options(bus, subscription_name="observer"))
+            seen = RecordingSink()
+            async with running((observer, seen)):
+                await seen.wait_for(lambda: b"sent while down" in seen.bodies)
+            await transport.stop()
+            assert transport.subscription_name not in bus.subscription_names("events")
+    finally:
+        await transport.stop()
+
+
+async def test_start_gives_up_waiting_after_start_timeout(bus: LoopbackServiceBus) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        options = sb_options(bus, administration_endpoint=endpoint, start_timeout=0.3)
+        transport = ServiceBusTransport(options)
+        sink = RecordingSink()
+        await transport.start(sink)
+        try:
+            assert sink.states == [ConnectionState.DISCONNECTED]
+            assert transport.last_error == "no connection within start_timeout=0.3 s"
+        finally:
+            await transport.stop()
+
+
+def _wrong_key(connection_string: str, key: str) -> str:
+    return connection_string.replace("SharedAccessKey=loopback", f"SharedAccessKey={key}")
+
+
+SECRET_KEY = "s3cr3t-key-0123456789abcdefghijklmnop="
+
+
+async def test_refused_credentials_still_fail_start_clearly(bus: LoopbackServiceBus) -> None:
+    options = attrs.evolve(
+        sb_options(bus), connection_string=_wrong_key(bus.connection_string, SECRET_KEY)
     )
     transport = ServiceBusTransport(options)
-    with pytest.raises(ServiceBusStartError, match="could not start the Service Bus transport"):
+    with pytest.raises(ServiceBusStartError, match="refused the credentials") as raised:
         await transport.start(RecordingSink())
+    assert "Unauthorized" in str(raised.value)
+    assert SECRET_KEY not in str(raised.value)
     with pytest.raises(PublishError, match="not running"):
         transport.publish(message(b"x"))
+
+
+async def test_credentials_refused_by_amqp_alone_fail_start_too(bus: LoopbackServiceBus) -> None:
+    # the admin endpoint takes the key; the AMQP side (a broker with another key) refuses it
+    with LoopbackServiceBus(shared_access_key="another-key") as strict:
+        options = attrs.evolve(
+            sb_options(bus),
+            connection_string=bus.connection_string.replace(str(bus.port), str(strict.port)),
+        )
+        transport = ServiceBusTransport(options)
+        with pytest.raises(ServiceBusStartError, match="ServiceBusAuthenticationError"):
+            await transport.start(RecordingSink())
+
+
+async def test_a_loopback_broker_without_its_admin_endpoint_says_which_setting_is_missing(
+    bus: LoopbackServiceBus,
+) -> None:
+    options = attrs.evolve(sb_options(bus), administration_endpoint=None)
+    with pytest.raises(
+        ServiceBusStartError, match="EVENTBROKER_SERVICEBUS_ADMINISTRATION_ENDPOINT"
+    ) as raised:
+        await ServiceBusTransport(options).start(RecordingSink())
+    assert "administration_endpoint" in str(raised.value)
+
+
+async def test_stop_with_service_bus_down_keeps_to_stop_timeout(
+    bus: LoopbackServiceBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = ServiceBusTransport(sb_options(bus, stop_timeout=2.0, receive_wait=0.5))
+    await transport.start(RecordingSink())
+    bus.stop()
+    for body in (b"1", b"2", b"3"):
+        transport.publish(message(body))
+    caplog.set_level(logging.INFO, "eventbroker.servicebus")
+    began = time.monotonic()
+    await transport.stop()
+    assert time.monotonic() - began < 2.0 + 3.0  # regression guard only (it took 6.8 s)
+    [line] = [r for r in caplog.records if "stopped" in r.getMessage()]
+    assert line.levelno == logging.WARNING
+    assert "3 message(s) unsent" in line.getMessage()
+    assert "not deleted" in line.getMessage() and "AutoDeleteOnIdle" in line.getMessage()
+    assert transport.queued == 0
 
 
 async def test_own_message_rule_drops_own_messages_broker_side(bus: LoopbackServiceBus) -> None:
@@ -277,3 +373,63 @@ async def test_a_failing_sink_dead_letters_the_message_and_receiving_goes_on(
         dead = bus.dead_letters("events", b.subscription_name)
         assert [(d.body, d.reason) for d in dead] == [(b"boom", "delivery_failed")]
         assert sink_b.states == [ConnectionState.CONNECTED]  # no reconnect for a sink bug
+
+
+async def test_dead_lettering_is_logged_once_per_cause_with_one_traceback(
+    bus: LoopbackServiceBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = ServiceBusTransport(sb_options(bus)), ServiceBusTransport(sb_options(bus))
+    sink_a, sink_b = RecordingSink(), FailingSink()
+    caplog.set_level(logging.DEBUG, "eventbroker.servicebus")
+    async with running((a, sink_a), (b, sink_b)):
+        own = sink_a.instance_id  # filtered out of a's own subscription
+        for i in range(3):
+            a.publish(message(b"boom %d" % i, own))  # the sink raises
+            a.publish(message(b"poison %d" % i, own))  # the sink rejects it
+        a.publish(message(b"after", own))
+        await sink_b.wait_for(lambda: b"after" in sink_b.bodies)
+        assert b.subscription_name is not None
+        dead = bus.dead_letters("events", b.subscription_name)
+        assert sorted(d.reason or "" for d in dead) == ["delivery_failed"] * 3 + ["malformed"] * 3
+    loud = [r for r in caplog.records if "dead-lettering" in r.getMessage()]
+    assert len(loud) == 2, [r.getMessage() for r in loud]
+    failed, rejected = sorted(loud, key=lambda r: r.levelno, reverse=True)
+    assert failed.levelno == logging.ERROR and "sink bug" in failed.getMessage()
+    assert failed.exc_info is not None  # the traceback, once
+    assert rejected.levelno == logging.WARNING and "malformed" in rejected.getMessage()
+    assert rejected.exc_info is None
+
+
+async def test_a_normal_run_logs_a_few_lines_at_start_and_stop_and_none_per_message(
+    bus: LoopbackServiceBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus.create_topic("events")
+    caplog.set_level(logging.INFO, "eventbroker.servicebus")
+    a, b = ServiceBusTransport(sb_options(bus)), ServiceBusTransport(sb_options(bus))
+    sink_a, sink_b = RecordingSink(), RecordingSink()
+    async with running((a, sink_a), (b, sink_b)):
+        for i in range(50):
+            a.publish(message(b"m%d" % i))
+        await sink_b.wait_for(lambda: len(sink_b.bodies) == 50)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("eventbroker.")]
+    assert len(lines) == 4, lines  # per transport: connected, stopped
+    assert sum("connected in" in line for line in lines) == 2
+    assert sum("stopped in" in line for line in lines) == 2
+
+
+async def test_health_readings_say_when_and_why_without_secrets() -> None:
+    options = down_options(free_port(), free_port())
+    options = attrs.evolve(
+        options, connection_string=_wrong_key(options.connection_string or "", SECRET_KEY)
+    )
+    transport = ServiceBusTransport(options)
+    assert (transport.queued, transport.disconnected_since, transport.last_error) == (0, None, "")
+    before = time.time()
+    await transport.start(RecordingSink())
+    try:
+        since = transport.disconnected_since
+        assert since is not None and before <= since <= time.time()
+        assert transport.last_error.startswith("ServiceRequestError")
+        assert SECRET_KEY not in transport.last_error
+    finally:
+        await transport.stop()

@@ -5,6 +5,12 @@ synchronous administration client (requests, a hard dependency of azure-core) on
 thread: provisioning happens at start, stop and reconnect only. An async credential is
 bridged to it through the transport's loop. ``administration_endpoint`` redirects the client's
 ``https://<namespace>`` requests to another base URL, such as the loopback broker's plain HTTP.
+
+Each call runs on its own daemon thread rather than the loop's default executor: a call that
+hangs (an unreachable namespace) never delays process exit, and calls still work while the
+interpreter shuts down (the default executor refuses new work once ``atexit`` begins).
+Connection errors are not retried by the SDK (``retry_connect=0``): the transport's own
+backoff retries, so an unreachable namespace is reported at once.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import logging
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import SplitResult, urlsplit, urlunsplit
@@ -32,6 +40,8 @@ _log = logging.getLogger(__name__)
 OWN_MESSAGES_RULE = "exclude-own-messages"
 DEFAULT_RULE = "$Default"
 _TOKEN_TIMEOUT = 60.0
+_CONNECT_TIMEOUT = 10.0
+_READ_TIMEOUT = 30.0
 _T = TypeVar("_T")
 
 
@@ -74,12 +84,17 @@ def admin_client(
     loop: asyncio.AbstractEventLoop | None = None,
 ) -> ServiceBusAdministrationClient:
     """An administration client for `options`; ``credential`` and ``loop`` for the namespace path."""
+    timeouts = {"connection_timeout": _CONNECT_TIMEOUT, "read_timeout": _READ_TIMEOUT}
     transport = (
-        EndpointTransport(options.administration_endpoint)
+        EndpointTransport(options.administration_endpoint, **timeouts)
         if options.administration_endpoint
-        else RequestsTransport()
+        else RequestsTransport(**timeouts)
     )
-    kwargs: dict[str, Any] = {"transport": transport, "retry_total": options.sdk_retry_total}
+    kwargs: dict[str, Any] = {
+        "transport": transport,
+        "retry_total": options.sdk_retry_total,
+        "retry_connect": 0,
+    }
     if options.connection_string is not None:
         return ServiceBusAdministrationClient.from_connection_string(
             options.connection_string, **kwargs
@@ -91,7 +106,26 @@ def admin_client(
 
 
 async def _run(call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-    return await asyncio.to_thread(call, *args, **kwargs)
+    """``call(*args, **kwargs)`` on a new daemon thread; cancelling abandons it."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def work() -> None:
+        try:
+            result = call(*args, **kwargs)
+        except BaseException as exc:
+            outcome = functools.partial(future.set_exception, exc)
+        else:
+            outcome = functools.partial(future.set_result, result)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=work, name="servicebus-admin", daemon=True).start()
+    return await future
 
 
 class Provisioner:
@@ -133,9 +167,9 @@ class Provisioner:
                 auto_delete_on_idle=datetime.timedelta(seconds=self._options.auto_delete_on_idle),
             )
         except ResourceExistsError:
-            _log.info("reusing Service Bus subscription %r on topic %r", name, topic)
+            _log.debug("reusing Service Bus subscription %r on topic %r", name, topic)
             return False
-        _log.info("created Service Bus subscription %r on topic %r", name, topic)
+        _log.debug("created Service Bus subscription %r on topic %r", name, topic)
         if self._options.filter_own_messages:
             await self._filter_own_messages(instance_id)
         return True
@@ -166,6 +200,6 @@ class Provisioner:
         """Delete the subscription; a missing one is fine."""
         try:
             await _run(self._client.delete_subscription, self._options.topic, self.subscription)
-            _log.info("deleted Service Bus subscription %r", self.subscription)
+            _log.debug("deleted Service Bus subscription %r", self.subscription)
         except ResourceNotFoundError:
             pass

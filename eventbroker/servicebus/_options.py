@@ -158,10 +158,16 @@ class ServiceBusOptions:
         default=30.0, validator=_positive, metadata=_env("PUBLISH_DEADLINE")
     )
     """Once sends have failed this long, `publish` raises `PublishError` instead of queueing."""
+    start_timeout: float = attrs.field(
+        default=5.0, validator=_positive, metadata=_env("START_TIMEOUT")
+    )
+    """Longest `start()` waits for the first connection. Past it, or at once when the namespace
+    is unreachable, start returns and the transport connects in the background."""
     stop_timeout: float = attrs.field(
         default=10.0, validator=_positive, metadata=_env("STOP_TIMEOUT")
     )
-    """How long `stop()` waits for queued messages to be sent."""
+    """Longest `stop()` takes in all (sending what is queued, closing, deleting the
+    subscription); what has not finished by then is abandoned and logged."""
     reconnect_initial_backoff: float = attrs.field(
         default=0.5, validator=_positive, metadata=_env("RECONNECT_INITIAL_BACKOFF")
     )

@@ -5,6 +5,11 @@ Everything async runs on the broker's loop: one long-lived sender and one PEEK_L
 thread-safe outgoing queue into `ServiceBusMessageBatch`es, and a receive task handing each
 body to the sink and settling it once local dispatch has finished. Both tasks reconnect
 forever with exponential backoff and jitter.
+
+`start` never blocks an application on an outage: when the namespace cannot be reached it
+returns at once (or after ``start_timeout``), reports DISCONNECTED and keeps connecting in the
+background; only configuration errors (settings, refused credentials, a missing topic) raise.
+`stop` takes at most ``stop_timeout`` in all and abandons, in one log line, what is left.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusReceiveMode
@@ -36,7 +41,9 @@ from .._transport import (
 )
 from ._admin import Provisioner, admin_client
 from ._backoff import Backoff
+from ._diagnose import describe, is_configuration_error
 from ._errors import ServiceBusConfigurationError, ServiceBusStartError
+from ._log_limit import LogLimiter
 from ._naming import check_subscription_name, default_subscription_name
 from ._options import ServiceBusOptions
 
@@ -53,6 +60,11 @@ class SubscriptionVanishedError(Exception):
 
 _CLOSE_TIMEOUT = 5.0
 _CANCEL_GRACE = 0.2
+_CLOSE_RESERVE = 2.0
+"""Of ``stop_timeout``, the part (at most half) kept for closing and deleting after the flush."""
+_MIN_WAIT = 0.05
+"""Even past the stop deadline, each close step gets this long (a healthy close is instant)."""
+_DELIVERY_FAILED = "delivery_failed"
 _SETTLE_POLL = 0.002
 """Receive wait while dispatched messages await settlement (bounds their settle delay)..."""
 _SETTLE_POLL_MAX = 0.1
@@ -64,9 +76,20 @@ class ServiceBusTransport:
 
     ``ServiceBusTransport(ServiceBusOptions(connection_string=..., topic="shop-events"))``, or
     ``ServiceBusTransport()`` to read every setting from ``EVENTBROKER_SERVICEBUS_*``.
-    `start` raises `SubscriptionNameError` for an invalid name and `ServiceBusStartError` when
-    the namespace cannot be reached or provisioned; once started it reconnects on its own.
-    `clock` (the publish deadline's) and `random` (backoff jitter) are injectable for tests.
+
+    `start` raises `ServiceBusConfigurationError` (such as `SubscriptionNameError`) for bad
+    settings and `ServiceBusStartError` when Service Bus refuses them (credentials refused,
+    a missing topic with ``create_missing_topic=False``). When the namespace cannot be reached
+    it does not raise: it returns (at once, or after ``start_timeout``), reports
+    ``DISCONNECTED``, queues what is published and connects in the background, then reports
+    ``RECONNECTED``. Once started it reconnects on its own. `stop` takes at most
+    ``stop_timeout``.
+
+    For health checks, read from any thread (cheap, never blocking): `queued`,
+    `disconnected_since` and `last_error`.
+
+    `clock` (the publish deadline's and the log limiter's) and `random` (backoff jitter) are
+    injectable for tests.
     """
 
     def __init__(
@@ -79,15 +102,21 @@ class ServiceBusTransport:
         self.options = options if options is not None else ServiceBusOptions.from_env()
         self._clock = clock
         self._random = random
+        self._limiter = LogLimiter(_log, clock)
         self._subscription_name: str | None = None
         self._lock = threading.Lock()
         self._queue: deque[TransportMessage] = deque()
         self._accepting = False
         self._wake_pending = False
         self._send_down_since: float | None = None
-        self._send_error = ""
-        self._receive_down = False
+        """When sends started failing, by `clock` (the publish deadline counts from it)."""
+        self._send_down_at: float | None = None
+        self._receive_down_at: float | None = None
+        self._last_error = ""
         self._stopping = False
+        self._provisioned = False
+        self._first_attempt: asyncio.Future[BaseException | None] | None = None
+        self._started_at = 0.0
         self._unsettled: list[
             tuple[ServiceBusReceivedMessage, asyncio.Future[Rejection | None]]
         ] = []
@@ -95,6 +124,7 @@ class ServiceBusTransport:
         self._loop_thread: int | None = None
         self._wakeup: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
+        self._connected: asyncio.Event | None = None
         self._sink: TransportSink | None = None
         self._credential: AsyncTokenCredential | None = None
         self._owns_credential = False
@@ -114,85 +144,179 @@ class ServiceBusTransport:
         """Messages accepted by `publish` and not yet sent (including the batch in flight)."""
         return len(self._queue)
 
+    @property
+    def disconnected_since(self) -> float | None:
+        """When (``time.time()``) sending or receiving stopped working; None while both work.
+
+        Set from `start` on when the first connection has not been made yet.
+        """
+        receive, send = self._receive_down_at, self._send_down_at
+        if receive is None or send is None:
+            return send if receive is None else receive
+        return min(receive, send)
+
+    @property
+    def last_error(self) -> str:
+        """The last connection error, one line without secrets (kept after recovery; ``""``
+        if there was none)."""
+        return self._last_error
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self, sink: TransportSink) -> None:
-        """Provision the subscription, open the sender and receiver, start the loops."""
+        """Provision the subscription and open the sender and receiver, or, when Service Bus
+        cannot be reached, report DISCONNECTED and go on connecting in the background."""
         if self._loop is not None:
             raise RuntimeError("ServiceBusTransport.start() was already called")
         options = self.options
         name = options.subscription_name or default_subscription_name(sink.application_name)
         check_subscription_name(name)
+        loop = asyncio.get_running_loop()
+        self._client = self._make_client()
         self._subscription_name = name
         self._sink = sink
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
-        self._wakeup = asyncio.Event()
-        self._drained = asyncio.Event()
-        self._client = self._make_client()
-        admin = admin_client(options, self._credential, self._loop)
+        self._loop, self._loop_thread = loop, threading.get_ident()
+        self._wakeup, self._drained, self._connected = (asyncio.Event() for _ in range(3))
+        admin = admin_client(options, self._credential, loop)
         self._provisioner = Provisioner(admin, options, name)
-        try:
-            await self._provisioner.ensure_topic()
-            await self._provisioner.ensure_subscription(sink.instance_id)
-            self._sender, self._receiver = await asyncio.gather(
-                self._open_sender(), self._open_receiver()
-            )
-        except BaseException as exc:
-            await self._close_all()
-            self._loop = None  # start may be tried again
-            if isinstance(exc, ServiceBusConfigurationError | ServiceBusStartError):
-                raise
-            if not isinstance(exc, Exception):
-                raise
-            raise ServiceBusStartError(
-                f"could not start the Service Bus transport on topic {options.topic!r} "
-                f"(subscription {name!r}): {type(exc).__name__}: {exc}"
-            ) from exc
+        self._first_attempt = first = loop.create_future()
+        self._started_at = time.monotonic()
         with self._lock:
             self._accepting = True
         self._tasks = [
             asyncio.create_task(self._send_loop(), name="servicebus-send"),
             asyncio.create_task(self._receive_loop(), name="servicebus-receive"),
         ]
-        _log.info("Service Bus transport started: topic %r, subscription %r", options.topic, name)
-        sink.connection_changed(ConnectionState.CONNECTED)
-
-    async def stop(self) -> None:
-        """Flush queued messages within ``stop_timeout``, close handlers, delete the subscription."""
-        with self._lock:
-            self._accepting = False
-        if not self._tasks:
-            await self._close_all()
-            return
-        unsent = await self._flush(self.options.stop_timeout)
-        if unsent:
-            _log.warning(
-                "Service Bus transport stopped with %d message(s) unsent after %.1f s",
-                unsent,
-                self.options.stop_timeout,
+        try:
+            await asyncio.wait([first], timeout=options.start_timeout)
+        except BaseException:
+            await self._abort_start()
+            raise
+        error = first.result() if first.done() else None
+        if not first.done():
+            first.cancel()  # the attempt goes on; it reports RECONNECTED when it succeeds
+            self._last_error = f"no connection within start_timeout={options.start_timeout:g} s"
+        elif error is None:
+            _log.info(
+                "Service Bus transport connected in %.1f s: topic %r, subscription %r",
+                time.monotonic() - self._started_at,
+                options.topic,
+                name,
             )
+            sink.connection_changed(ConnectionState.CONNECTED)
+            return
+        elif is_configuration_error(error, options):
+            await self._abort_start()
+            if isinstance(error, ServiceBusConfigurationError):
+                raise error
+            raise ServiceBusStartError(
+                f"could not start the Service Bus transport on topic {options.topic!r} "
+                f"(subscription {name!r}): {describe(error, options)}"
+            ) from error
+        now = time.time()
+        self._receive_down_at = self._send_down_at = now
+        self._send_down_since = self._clock()
+        _log.warning(
+            "Service Bus is unreachable at start (%s): starting disconnected; messages are "
+            "queued and the transport connects in the background",
+            self._last_error,
+        )
+        sink.connection_changed(ConnectionState.DISCONNECTED)
+
+    async def _abort_start(self) -> None:
+        """Undo a failed `start` so that it may be tried again."""
         self._stopping = True
         for task in self._tasks:
             task.cancel()
-        _, running = await asyncio.wait(self._tasks, timeout=_CANCEL_GRACE)
-        if running:  # the SDK can swallow a cancel inside a receive: closing ends it
-            await self._close_receiver()
-            await asyncio.wait(running, timeout=_CLOSE_TIMEOUT)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=_CANCEL_GRACE)
         self._tasks = []
-        await self._settle_unsettled_at_stop()
-        await asyncio.gather(self._close_sender(), self._close_receiver())
-        if self.options.delete_subscription_on_stop and self._provisioner is not None:
-            try:
-                await self._provisioner.delete_subscription()
-            except Exception as exc:
-                _log.warning(
-                    "could not delete Service Bus subscription %r (AutoDeleteOnIdle will): %s",
-                    self._subscription_name,
-                    exc,
-                )
-        await self._close_all()
-        _log.info("Service Bus transport stopped (subscription %r)", self._subscription_name)
+        with self._lock:
+            self._accepting = False
+            self._queue.clear()
+        await self._close_all(_CLOSE_TIMEOUT)
+        self._loop = self._first_attempt = None
+        self._stopping = self._provisioned = False
+        self._receive_down_at = self._send_down_at = self._send_down_since = None
+
+    async def stop(self) -> None:
+        """Send what is queued, close the handlers and delete the subscription, all within
+        ``stop_timeout``; what has not finished by then is abandoned and logged in one line."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        timeout = self.options.stop_timeout
+        deadline = began + timeout
+
+        def left(reserve: float = 0.0) -> float:
+            return max(deadline - reserve - loop.time(), _MIN_WAIT)
+
+        with self._lock:
+            self._accepting = False
+        if not self._tasks:
+            await self._close_all(left())
+            return
+        reserve = min(timeout / 2, _CLOSE_RESERVE)
+        abandoned: list[str] = []
+        await self._flush(deadline - reserve - loop.time())
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        _, running = await asyncio.wait(self._tasks, timeout=min(_CANCEL_GRACE, left(reserve)))
+        if running:  # the SDK can swallow a cancel inside a receive: closing ends it
+            await _bounded(self._close_receiver(), left(reserve / 2))
+            await asyncio.wait(running, timeout=left(reserve / 2))
+        self._tasks = []
+        with self._lock:
+            unsent = len(self._queue)
+            self._queue.clear()
+        if unsent:
+            abandoned.append(f"{unsent} message(s) unsent")
+        unsettled = await self._settle_unsettled_at_stop(left(reserve / 2))
+        if unsettled:
+            abandoned.append(f"{unsettled} received message(s) not settled")
+        try:
+            await _bounded(
+                asyncio.gather(self._close_sender(), self._close_receiver()), left(reserve / 2)
+            )
+        except TimeoutError:
+            abandoned.append("the sender and receiver were not closed cleanly")
+        deleted = await self._delete_subscription_at_stop(left(), abandoned)
+        await self._close_all(left())
+        elapsed = loop.time() - began
+        if abandoned:
+            _log.warning(
+                "Service Bus transport stopped in %.1f s (stop_timeout=%g s), abandoning: %s",
+                elapsed,
+                timeout,
+                "; ".join(abandoned),
+            )
+        else:
+            _log.info(
+                "Service Bus transport stopped in %.1f s (subscription %r %s)",
+                elapsed,
+                self._subscription_name,
+                "deleted" if deleted else "kept",
+            )
+
+    async def _delete_subscription_at_stop(self, budget: float, abandoned: list[str]) -> bool:
+        """Delete the subscription if this transport made sure of it; True when deleted."""
+        if not (self.options.delete_subscription_on_stop and self._provisioned):
+            return False
+        assert self._provisioner is not None
+        try:
+            await _bounded(self._provisioner.delete_subscription(), budget)
+            return True
+        except Exception as exc:
+            why = (
+                "no answer in time"
+                if isinstance(exc, TimeoutError)
+                else describe(exc, self.options)
+            )
+            abandoned.append(
+                f"subscription {self._subscription_name!r} not deleted ({why}): AutoDeleteOnIdle "
+                f"removes it after {self.options.auto_delete_on_idle / 60:g} min idle"
+            )
+            return False
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -209,7 +333,7 @@ class ServiceBusTransport:
             raise PublishError(
                 f"Service Bus has been unreachable for {self._clock() - down_since:.0f} s "
                 f"(more than publish_deadline={options.publish_deadline:g} s); message not "
-                f"queued. Last error: {self._send_error}"
+                f"queued. Last error: {self._last_error}"
             )
         with self._lock:
             if not self._accepting:
@@ -236,21 +360,22 @@ class ServiceBusTransport:
         else:
             self._loop.call_soon_threadsafe(self._wakeup.set)
 
-    async def _flush(self, deadline: float) -> int:
-        """Wait until the queue is sent or `deadline` seconds pass; the number left unsent."""
+    async def _flush(self, budget: float) -> int:
+        """Wait until the queue is sent or `budget` seconds pass; the number left unsent."""
         assert self._drained is not None
         with self._lock:
-            if not self._queue:
-                return 0
+            if not self._queue or budget <= 0:
+                return len(self._queue)
             self._drained.clear()
         self._wake()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._drained.wait(), deadline)
+            await asyncio.wait_for(self._drained.wait(), budget)
         with self._lock:
             return len(self._queue)
 
     async def _send_loop(self) -> None:
         assert self._wakeup is not None and self._drained is not None
+        assert self._connected is not None
         backoff = Backoff(
             self.options.reconnect_initial_backoff, self.options.reconnect_max_backoff, self._random
         )
@@ -259,6 +384,7 @@ class ServiceBusTransport:
             self._wakeup.clear()
             with self._lock:
                 self._wake_pending = False
+            await self._connected.wait()  # the first connection provisions the topic
             if self.options.batch_window:
                 await asyncio.sleep(self.options.batch_window)
             while True:
@@ -274,6 +400,8 @@ class ServiceBusTransport:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    if _interpreter_exiting(exc):
+                        return
                     self._on_send_failure(exc)
                     await self._close_sender()
                     await asyncio.sleep(backoff.next_delay())
@@ -287,7 +415,7 @@ class ServiceBusTransport:
                         "Service Bus sends work again after %.1f s",
                         self._clock() - self._send_down_since,
                     )
-                    self._send_down_since = None
+                    self._send_down_since = self._send_down_at = None
 
     async def _send_batch(
         self, sender: ServiceBusSender, pending: Sequence[TransportMessage]
@@ -297,7 +425,13 @@ class ServiceBusTransport:
             try:
                 await sender.send_messages(self._to_service_bus(pending[0]))
             except MessageSizeExceededError as exc:
-                _log.error("dropping message %s: %s", pending[0].message_id, exc)
+                self._limiter.log(
+                    logging.ERROR,
+                    "oversize",
+                    "dropping Service Bus message %s: %s",
+                    pending[0].message_id,
+                    exc,
+                )
             return 1
         batch: ServiceBusMessageBatch = await sender.create_message_batch()
         count = 0
@@ -308,8 +442,10 @@ class ServiceBusTransport:
                 break
             count += 1
         if count == 0:
-            _log.error(
-                "dropping message %s: %d bytes do not fit a Service Bus batch (%d bytes max)",
+            self._limiter.log(
+                logging.ERROR,
+                "oversize",
+                "dropping Service Bus message %s: %d bytes do not fit a batch (%d bytes max)",
                 pending[0].message_id,
                 len(pending[0].body),
                 batch.max_size_in_bytes,
@@ -328,16 +464,17 @@ class ServiceBusTransport:
         )
 
     def _on_send_failure(self, exc: Exception) -> None:
-        self._send_error = f"{type(exc).__name__}: {exc}"
+        self._last_error = describe(exc, self.options)
         if self._send_down_since is None:
             self._send_down_since = self._clock()
+            self._send_down_at = time.time()
             _log.warning(
                 "Service Bus send failed (%s); %d message(s) kept queued, retrying with backoff",
-                self._send_error,
+                self._last_error,
                 len(self._queue),
             )
         else:
-            _log.debug("Service Bus send failed again: %s", self._send_error)
+            _log.debug("Service Bus send failed again: %s", self._last_error)
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -357,7 +494,8 @@ class ServiceBusTransport:
             try:
                 if self._receiver is None:
                     unsettled.clear()  # their locks died with the old link: they come again
-                    await self._reconnect_receiver()
+                    await self._connect()
+                    checked_at = time.monotonic()
                 receiver = self._receiver
                 assert receiver is not None
                 settled = await self._settle_ready(receiver)
@@ -381,7 +519,7 @@ class ServiceBusTransport:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self._stopping:
+                if self._stopping or _interpreter_exiting(exc):
                     return
                 self._on_receive_failure(exc)
                 await self._close_receiver()
@@ -393,18 +531,25 @@ class ServiceBusTransport:
         if not unsettled or not any(outcome.done() for _, outcome in unsettled):
             return 0
         ready = [item for item in unsettled if item[1].done()]
-        unsettled[:] = [item for item in unsettled if not item[1].done()]
-        for message, outcome in ready:
-            await self._settle(receiver, message, outcome)
+        for item in ready:  # one at a time, so that a stop cut short knows what is left
+            # by identity: list.remove would compare messages, which compare by value
+            del unsettled[next(i for i, other in enumerate(unsettled) if other is item)]
+            await self._settle(receiver, *item)
         return len(ready)
 
-    async def _settle_unsettled_at_stop(self) -> None:
-        """At stop: let dispatched messages finish (bounded), then settle them."""
+    async def _settle_unsettled_at_stop(self, budget: float) -> int:
+        """At stop: let dispatched messages finish and settle them, within `budget` seconds;
+        how many were left unsettled."""
         receiver, unsettled = self._receiver, self._unsettled
-        if receiver is None or not unsettled:
-            return
-        await asyncio.wait([outcome for _, outcome in unsettled], timeout=_CLOSE_TIMEOUT)
-        await self._settle_ready(receiver)
+        if receiver is not None and unsettled:
+
+            async def settle_all() -> None:
+                await asyncio.wait([outcome for _, outcome in unsettled])
+                await self._settle_ready(receiver)
+
+            with contextlib.suppress(TimeoutError):
+                await _bounded(settle_all(), budget)
+        return len(unsettled)
 
     async def _check_subscription(self) -> None:
         """Raise `SubscriptionVanishedError` if the subscription was deleted under us."""
@@ -415,26 +560,47 @@ class ServiceBusTransport:
             )
 
     def _on_receive_failure(self, exc: Exception) -> None:
-        if not self._receive_down:
-            self._receive_down = True
+        self._last_error = describe(exc, self.options)
+        first = self._first_attempt
+        if first is not None and not first.done():
+            first.set_result(exc)  # `start` decides: raise, or report DISCONNECTED
+            return
+        if self._receive_down_at is None:
+            self._receive_down_at = time.time()
             _log.warning(
-                "Service Bus receive failed (%s: %s); reconnecting with backoff",
-                type(exc).__name__,
-                exc,
+                "Service Bus receive failed (%s); reconnecting with backoff", self._last_error
             )
             assert self._sink is not None
             self._sink.connection_changed(ConnectionState.DISCONNECTED)
+        elif is_configuration_error(exc, self.options):
+            self._limiter.log(
+                logging.ERROR,
+                f"refused:{type(exc).__name__}",
+                "Service Bus refuses to connect (%s); retrying with backoff",
+                self._last_error,
+            )
         else:
-            _log.debug("Service Bus reconnect failed again: %s: %s", type(exc).__name__, exc)
+            _log.debug("Service Bus reconnect failed again: %s", self._last_error)
 
-    async def _reconnect_receiver(self) -> None:
+    async def _connect(self) -> None:
+        """Provision what is missing, then open the receiver (and the sender, the first time)."""
         assert self._provisioner is not None and self._sink is not None
+        assert self._connected is not None
+        if not self._connected.is_set():
+            await self._provisioner.ensure_topic()
+            await self._provisioner.ensure_subscription(self._sink.instance_id)
+            self._provisioned = True
+            self._sender, self._receiver = await _open_both(
+                self._open_sender(), self._open_receiver()
+            )
+            self._on_first_connection()
+            return
         recreated = False
         if not await self._provisioner.subscription_exists():
             await self._provisioner.ensure_topic()
             recreated = await self._provisioner.ensure_subscription(self._sink.instance_id)
         self._receiver = await self._open_receiver()
-        was_down, self._receive_down = self._receive_down, False
+        down_at, self._receive_down_at = self._receive_down_at, None
         if recreated:
             _log.warning(
                 "Service Bus subscription %r had vanished and was recreated: messages sent "
@@ -442,9 +608,25 @@ class ServiceBusTransport:
                 self._subscription_name,
             )
             self._sink.connection_changed(ConnectionState.SUBSCRIPTION_RECREATED)
-        elif was_down:
-            _log.info("Service Bus receiver reconnected")
+        elif down_at is not None:
+            _log.info("Service Bus receiver reconnected after %.1f s", time.time() - down_at)
             self._sink.connection_changed(ConnectionState.RECONNECTED)
+
+    def _on_first_connection(self) -> None:
+        assert self._connected is not None and self._sink is not None
+        self._connected.set()  # the send loop may start sending
+        self._receive_down_at = self._send_down_at = self._send_down_since = None
+        first = self._first_attempt
+        if first is not None and not first.done():
+            first.set_result(None)  # `start` reports CONNECTED
+            return
+        _log.info(
+            "Service Bus transport connected after %.1f s: topic %r, subscription %r",
+            time.monotonic() - self._started_at,
+            self.options.topic,
+            self._subscription_name,
+        )
+        self._sink.connection_changed(ConnectionState.RECONNECTED)
 
     def _deliver(self, message: ServiceBusReceivedMessage) -> asyncio.Future[Rejection | None]:
         """Hand the body to the sink (verification runs now, in receive order)."""
@@ -458,10 +640,24 @@ class ServiceBusTransport:
             try:
                 return self._sink.deliver(body)
             except Exception as exc:
-                rejection = _delivery_failed(message, exc)
+                rejection = self._delivery_failed(message, exc)
         outcome: asyncio.Future[Rejection | None] = asyncio.get_running_loop().create_future()
         outcome.set_result(rejection)
         return outcome
+
+    def _delivery_failed(self, message: ServiceBusReceivedMessage, exc: Exception) -> Rejection:
+        """The sink failed (its bug): log it (the traceback once per cause); the message is
+        dead-lettered and receiving goes on."""
+        self._limiter.log(
+            logging.ERROR,
+            f"{_DELIVERY_FAILED}:{type(exc).__name__}",
+            "delivering Service Bus message %s failed (%s: %s); dead-lettering it",
+            message.message_id,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        return Rejection(_DELIVERY_FAILED, f"{type(exc).__name__}: {exc}")
 
     async def _settle(
         self,
@@ -474,17 +670,20 @@ class ServiceBusTransport:
         try:
             rejection = outcome.result()
         except Exception as exc:
-            rejection = _delivery_failed(message, exc)
+            rejection = self._delivery_failed(message, exc)
         try:
             if rejection is None:
                 await receiver.complete_message(message)
             else:
-                _log.info(
-                    "dead-lettering Service Bus message %s: %s %s",
-                    message.message_id,
-                    rejection.reason,
-                    rejection.description,
-                )
+                if rejection.reason != _DELIVERY_FAILED:  # already logged
+                    self._limiter.log(
+                        logging.WARNING,
+                        f"dead-letter:{rejection.reason}",
+                        "dead-lettering Service Bus message %s: %s %s",
+                        message.message_id,
+                        rejection.reason,
+                        rejection.description,
+                    )
                 await receiver.dead_letter_message(
                     message, reason=rejection.reason, error_description=rejection.description
                 )
@@ -543,21 +742,26 @@ class ServiceBusTransport:
         if receiver is not None:
             await _close_quietly(receiver)
 
-    async def _close_all(self) -> None:
-        await asyncio.gather(self._close_sender(), self._close_receiver())
+    async def _close_all(self, budget: float) -> None:
+        """Close handlers, client and credential within `budget` seconds (abandoning the rest)."""
+
+        async def close() -> None:
+            await asyncio.gather(self._close_sender(), self._close_receiver())
+            client, self._client = self._client, None
+            if client is not None:
+                await _close_quietly(client)
+            if self._owns_credential and self._credential is not None:
+                await _close_quietly(self._credential)
+
         if self._provisioner is not None:
             self._provisioner.close()
-        client, self._client = self._client, None
-        if client is not None:
-            await _close_quietly(client)
-        if self._owns_credential and self._credential is not None:
-            await _close_quietly(self._credential)
+        with contextlib.suppress(TimeoutError):
+            await _bounded(close(), budget)
 
 
-def _delivery_failed(message: ServiceBusReceivedMessage, exc: Exception) -> Rejection:
-    """The sink failed (its bug): log it; the message is dead-lettered and receiving goes on."""
-    _log.error("delivering Service Bus message %s failed", message.message_id, exc_info=exc)
-    return Rejection("delivery_failed", f"{type(exc).__name__}: {exc}")
+def _interpreter_exiting(exc: BaseException) -> bool:
+    """The process is exiting: the default executor (DNS lookups) refuses new work."""
+    return isinstance(exc, RuntimeError) and "cannot schedule new futures" in str(exc)
 
 
 def _body_bytes(message: ServiceBusReceivedMessage) -> bytes | None:
@@ -568,16 +772,60 @@ def _body_bytes(message: ServiceBusReceivedMessage) -> bytes | None:
     return body if isinstance(body, bytes) else None
 
 
+_T = TypeVar("_T")
 _Handler = TypeVar("_Handler", ServiceBusSender, ServiceBusReceiver)
 
 
+async def _bounded(awaitable: Awaitable[_T], budget: float) -> _T:
+    """Await `awaitable` for at most `budget` seconds, else abandon it: cancel it without
+    waiting (the SDK can swallow a cancel) and raise `TimeoutError`."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait([task], timeout=max(budget, _MIN_WAIT))
+    if not done:
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        raise TimeoutError
+    return task.result()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # an abandoned task's late error is not worth a log line
+
+
+async def _open_both(
+    sender: Awaitable[ServiceBusSender], receiver: Awaitable[ServiceBusReceiver]
+) -> tuple[ServiceBusSender, ServiceBusReceiver]:
+    """Open both at once (about half a second each); if one fails close the other, raise."""
+    opened = await asyncio.gather(sender, receiver, return_exceptions=True)
+    errors = [item for item in opened if isinstance(item, BaseException)]
+    if errors:
+        for item in opened:
+            if not isinstance(item, BaseException):
+                await _close_quietly(item)
+        raise errors[0]
+    return opened[0], opened[1]  # type: ignore[return-value]
+
+
 async def _opened(handler: _Handler) -> _Handler:
-    """Open `handler` (about half a second); close it again if opening fails."""
+    """Open `handler` (about half a second); close it again if opening fails.
+
+    The SDK's own retries are off while opening (about a second each plus its backoff): a
+    failed open is retried by the transport's backoff, and an outage or refused credentials
+    are known at once. Sends and receives keep the SDK's retries.
+    """
+    config: Any = getattr(handler, "_config", None)
+    retries = getattr(config, "retry_total", None)
+    if retries is not None:
+        config.retry_total = 0
     try:
         await handler.__aenter__()
     except BaseException:
         await _close_quietly(handler)
         raise
+    finally:
+        if retries is not None:
+            config.retry_total = retries
     return handler
 
 

@@ -4,9 +4,11 @@ update, delete and list queues, topics and subscriptions."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import re
+import socket
 import threading
 import xml.etree.ElementTree as ET
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -448,6 +450,9 @@ class _Handler(BaseHTTPRequestHandler):
         broker = self.server.broker
         api = self.server.api
         try:
+            refused = broker._check_token(self.headers.get("Authorization") or "")
+            if refused is not None:
+                raise _HttpError(401, refused)
             status, text = broker._with_state(
                 lambda state: api.handle(state, self.command, url.path, query, body, if_match)
             )
@@ -476,6 +481,26 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.broker = broker
         self.api = _Api(f"https://{address[0]}:{self.server_address[1]}")
+        self.open_requests: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self.open_requests.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self.open_requests.discard(request)
+        super().shutdown_request(request)
+
+    def close_open_requests(self) -> None:
+        """Close every kept-alive client connection, as a stopped server's would be."""
+        with self._open_lock:
+            requests, self.open_requests = self.open_requests, set()
+        for request in requests:
+            with contextlib.suppress(OSError):
+                request.shutdown(socket.SHUT_RDWR)
 
 
 class AdminServer:
@@ -493,7 +518,8 @@ class AdminServer:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop serving and close the listening socket."""
+        """Stop serving, close the listening socket and every kept-alive connection."""
         self._server.shutdown()
         self._server.server_close()
+        self._server.close_open_requests()
         self._thread.join(timeout=5)

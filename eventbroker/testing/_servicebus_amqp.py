@@ -79,9 +79,16 @@ def _address_path(address: str | None) -> str:
 class AmqpBroker(Handler):
     """Proton event handler: owns the listener, every connection and the broker state."""
 
-    def __init__(self, state: BrokerState, host: str, port: int) -> None:
+    def __init__(
+        self,
+        state: BrokerState,
+        host: str,
+        port: int,
+        check_token: Callable[[str], str | None] = lambda token: None,
+    ) -> None:
         super().__init__()
         self.state = state
+        self._check_token = check_token
         state.on_available = self._pump
         state.on_deleted = self._detach_consumers
         self.host = host
@@ -415,10 +422,13 @@ class AmqpBroker(Handler):
     def _cbs(self, link: Any, data: bytes) -> None:
         request = Message()
         request.decode(data)
-        reply = Message(
-            properties={"status-code": 202, "status-description": "Accepted"},
-        )
-        self._reply(link, "$cbs", request, reply)
+        refused = self._check_token(request.body if isinstance(request.body, str) else "")
+        if refused is None:
+            status = {"status-code": 202, "status-description": "Accepted"}
+        else:
+            _log.info("refused a CBS token: %s", refused)
+            status = {"status-code": 401, "status-description": refused}
+        self._reply(link, "$cbs", request, Message(properties=status))
 
     def _management(self, link: Any, data: bytes) -> None:
         request = Message()

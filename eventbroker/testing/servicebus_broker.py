@@ -4,8 +4,10 @@ It speaks the AMQP 1.0 subset the ``azure-servicebus`` SDK uses (sync and ``aio`
 answers the administration client's ATOM calls on a plain-HTTP port, so the production code
 path runs unchanged against it: only the connection string differs.
 
-Run ``python -m eventbroker.testing.servicebus_broker`` to start one and print its connection
-string, or use :class:`LoopbackServiceBus` (a context manager) in tests.
+Run ``python -m eventbroker.testing.servicebus_broker`` to start one and print the
+``export EVENTBROKER_SERVICEBUS_...`` lines that point the library at it (with ``--background``
+it detaches, so ``eval "$(python -m eventbroker.testing.servicebus_broker --background)"``
+works), or use :class:`LoopbackServiceBus` (a context manager) in tests.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import contextlib
 import datetime
 import logging
 import os
+import shlex
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import attrs
@@ -27,6 +31,7 @@ import attrs
 from ._servicebus_admin import AdminServer
 from ._servicebus_admin_client import administration_client
 from ._servicebus_amqp import AmqpBroker
+from ._servicebus_auth import check_token
 from ._servicebus_codec import encode_delivery
 from ._servicebus_state import (
     MAX_NAME_LENGTH,
@@ -90,6 +95,11 @@ class LoopbackServiceBus:
     now: enqueued times, message expiry, lock expiry and AutoDeleteOnIdle. Tests can pass a
     clock that runs ahead of real time (e.g. ``time.time() + offset``) to expire messages,
     locks and idle subscriptions without sleeping.
+
+    Shared access signatures are checked as Service Bus does, against
+    ``shared_access_key_name`` / ``shared_access_key`` (the ones `connection_string` carries):
+    a wrong key gets 401 from the admin endpoint and from CBS. Tokens from an azure-identity
+    credential cannot be checked and are accepted.
     """
 
     def __init__(
@@ -101,8 +111,11 @@ class LoopbackServiceBus:
         lock_duration: float = 60.0,
         max_delivery_count: int = 10,
         clock: Callable[[], float] = time.time,
+        shared_access_key_name: str = "loopback",
+        shared_access_key: str = "loopback",
     ) -> None:
         self.host = host
+        self._keys = {shared_access_key_name: shared_access_key}
         self._port = port
         self._admin_port = admin_port
         self._settings = (float(lock_duration), int(max_delivery_count), clock)
@@ -123,7 +136,7 @@ class LoopbackServiceBus:
         with self._lifecycle:
             if self._amqp is not None:
                 return
-            amqp = AmqpBroker(self._state, self.host, self._port)
+            amqp = AmqpBroker(self._state, self.host, self._port, self._check_token)
             thread = threading.Thread(
                 target=amqp.run, name=f"loopback-servicebus:{self._port}", daemon=True
             )
@@ -210,9 +223,10 @@ class LoopbackServiceBus:
     @property
     def connection_string(self) -> str:
         """A connection string the SDK accepts: plain TCP thanks to ``UseDevelopmentEmulator``."""
+        [(name, key)] = self._keys.items()
         return (
-            f"Endpoint=sb://{self.host}:{self._port};SharedAccessKeyName=loopback;"
-            "SharedAccessKey=loopback;UseDevelopmentEmulator=true"
+            f"Endpoint=sb://{self.host}:{self._port};SharedAccessKeyName={name};"
+            f"SharedAccessKey={key};UseDevelopmentEmulator=true"
         )
 
     @property
@@ -443,6 +457,10 @@ class LoopbackServiceBus:
         return self._with_state(lambda s: s.expire_idle(s.clock()))
 
     # ---- plumbing --------------------------------------------------------------------------
+    def _check_token(self, token: str) -> str | None:
+        """Why a client's token is refused (admin ``Authorization`` or CBS put-token), or None."""
+        return check_token(token, self._keys, time.time())
+
     def _call(self, fn: Callable[[AmqpBroker], _T]) -> _T:
         amqp = self._amqp
         if amqp is None:
@@ -486,18 +504,76 @@ def broker_process(*topics: str, cwd: str | None = None) -> Iterator[tuple[str, 
     )
     try:
         assert process.stdout is not None
-        printed: dict[str, str] = {}
-        for line in process.stdout:
-            key, _, value = line.strip().partition("=")
-            printed[key] = value
-            if len(printed) == 2:
-                break
-        if len(printed) != 2:
+        printed = read_exports(process.stdout)
+        if printed is None:
             raise SystemExit("the loopback Service Bus broker did not start (python-qpid-proton?)")
-        yield printed["SERVICEBUS_CONNECTION_STRING"], printed["SERVICEBUS_ADMIN_ENDPOINT"]
+        yield printed[_CONNECTION_STRING], printed[_ADMIN_ENDPOINT]
     finally:
         process.terminate()
         process.wait(10)
+
+
+_CONNECTION_STRING = "EVENTBROKER_SERVICEBUS_CONNECTION_STRING"
+_ADMIN_ENDPOINT = "EVENTBROKER_SERVICEBUS_ADMINISTRATION_ENDPOINT"
+
+
+def export_lines(broker: LoopbackServiceBus, topics: list[str]) -> list[str]:
+    """``export NAME=value`` lines for a shell: the settings `ServiceBusOptions.from_env` reads."""
+    values = {_CONNECTION_STRING: broker.connection_string}
+    if len(topics) == 1:
+        values["EVENTBROKER_SERVICEBUS_TOPIC"] = topics[0]
+    values[_ADMIN_ENDPOINT] = broker.admin_endpoint  # last: readers stop at it
+    return [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
+
+
+def read_exports(lines: Iterable[str]) -> dict[str, str] | None:
+    """The variables of the ``export`` lines the command line prints, read up to the admin
+    endpoint (the last one always printed); None when the output ends first."""
+    found: dict[str, str] = {}
+    for line in lines:
+        words = shlex.split(line, comments=True)
+        if len(words) != 2 or words[0] != "export":
+            continue
+        name, _, value = words[1].partition("=")
+        found[name] = value
+        if _CONNECTION_STRING in found and _ADMIN_ENDPOINT in found:
+            return found
+    return None
+
+
+def _start_in_background(argv: list[str]) -> int:
+    """Run the broker as a detached child process; print its exports, its pid and its log."""
+    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - the child writes it after we exit
+        prefix="loopback-servicebus-", suffix=".log", delete=False
+    )
+    with log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "eventbroker.testing.servicebus_broker", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            start_new_session=True,  # outlives this shell command
+        )
+    assert process.stdout is not None
+    lines: list[str] = []
+    with process.stdout:
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            if read_exports(lines) is not None:
+                break
+    if read_exports(lines) is None:
+        process.wait(10)
+        with open(log.name, encoding="utf-8", errors="replace") as errors:
+            sys.stderr.write(errors.read())
+        print("error: the loopback Service Bus broker did not start", file=sys.stderr)
+        return 2
+    for line in lines:
+        print(line)
+    print(f"export EVENTBROKER_LOOPBACK_PID={process.pid}")
+    print(f"export EVENTBROKER_LOOPBACK_LOG={shlex.quote(log.name)}")
+    print(f"# running in the background; stop it: kill {process.pid}")
+    return 0
 
 
 def _go_down(amqp: AmqpBroker) -> None:
@@ -552,7 +628,16 @@ def main(argv: list[str] | None = None) -> int:
         help="deliveries before dead-lettering (default 10; env EVENTBROKER_LOOPBACK_MAX_DELIVERY_COUNT)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG")
+    parser.add_argument(
+        "--background",
+        action="store_true",
+        help='run in a background process, print its exports and exit: eval "$(python -m '
+        'eventbroker.testing.servicebus_broker --background)"',
+    )
     args = parser.parse_args(argv)
+    if args.background:
+        given = sys.argv[1:] if argv is None else argv
+        return _start_in_background([a for a in given if a != "--background"])
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -588,8 +673,8 @@ def main(argv: list[str] | None = None) -> int:
     with broker:
         for topic in args.topic:
             broker.create_topic(topic)
-        print(f"SERVICEBUS_CONNECTION_STRING={broker.connection_string}", flush=True)
-        print(f"SERVICEBUS_ADMIN_ENDPOINT={broker.admin_endpoint}", flush=True)
+        for line in export_lines(broker, args.topic):
+            print(line, flush=True)
         try:
             while True:
                 time.sleep(3600)
