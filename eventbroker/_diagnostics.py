@@ -12,9 +12,11 @@ _MAX_KEYS = 1024
 
 
 class LogLimiter:
-    """Logs each key at most once per `PERIOD`, saying how many were suppressed meanwhile.
+    """Logs each key (a cause) at most once per `PERIOD`, saying how many were suppressed.
 
-    The number of keys remembered is bounded (a flood of distinct keys cannot grow memory).
+    ``exc_info`` goes with the first line of a key only: one traceback is enough to find a bug,
+    the counts show it goes on. The number of keys remembered is bounded (a flood of distinct
+    keys cannot grow memory).
     """
 
     def __init__(self, logger: logging.Logger, clock: Callable[[], float]) -> None:
@@ -22,17 +24,6 @@ class LogLimiter:
         self._clock = clock
         self._next: dict[Hashable, float] = {}
         self._suppressed: Counter[Hashable] = Counter()
-
-    def allows(self, key: Hashable) -> tuple[bool, int]:
-        """Whether `key` may be logged now, and how many were suppressed since it last was."""
-        now = self._clock()
-        if now < self._next.get(key, float("-inf")):
-            self._suppressed[key] += 1
-            return False, 0
-        if len(self._next) >= _MAX_KEYS:
-            self._prune(now)
-        self._next[key] = now + PERIOD
-        return True, self._suppressed.pop(key, 0)
 
     def log(
         self,
@@ -43,11 +34,19 @@ class LogLimiter:
         exc_info: BaseException | None = None,
     ) -> bool:
         """Log `message % args` unless `key` was logged less than `PERIOD` ago; True if logged."""
-        allowed, suppressed = self.allows(key)
-        if allowed:
-            suffix = f" ({suppressed} more in the last minute)" if suppressed else ""
-            self._logger.log(level, message + suffix, *args, exc_info=exc_info)
-        return allowed
+        now = self._clock()
+        until = self._next.get(key)
+        if until is not None and now < until:
+            self._suppressed[key] += 1
+            return False
+        if until is None and len(self._next) >= _MAX_KEYS:
+            self._prune(now)
+        self._next[key] = now + PERIOD
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            message += f" ({suppressed} more of this cause in the last minute)"
+        self._logger.log(level, message, *args, exc_info=exc_info if until is None else None)
+        return True
 
     def warn(self, key: Hashable, message: str, *args: object) -> bool:
         return self.log(logging.WARNING, key, message, *args)

@@ -5,7 +5,11 @@ broker owns one background asyncio loop (its I/O thread); every `async` method o
 is called on that loop, and the transport calls its `TransportSink` from that loop too.
 
 * `start(sink)` connects (creating what it needs, such as a subscription) and begins to
-  deliver every message broadcast by *other* instances to `sink.deliver(body)`.
+  deliver every message broadcast by *other* instances to `sink.deliver(body)`. When the
+  service cannot be reached it returns anyway: it reports `DISCONNECTED`, keeps connecting in
+  the background, and reports `RECONNECTED` at its first connection (messages sent meanwhile
+  are unknown, so the broker fires `event_missed`). Configuration errors (bad settings,
+  refused credentials) raise.
 * `publish(message)` is called from any thread; it must not block. It accepts the message
   into a bounded outgoing queue (or raises `PublishError` naming why it cannot), and the
   transport sends it from its loop.
@@ -31,11 +35,12 @@ class ConnectionState(enum.Enum):
     """Connectivity reported by a transport to its sink."""
 
     CONNECTED = "connected"
-    """First connection made (or made again after a clean `DISCONNECTED` with nothing lost)."""
+    """First connection made at start."""
     DISCONNECTED = "disconnected"
     """The connection is down; the transport keeps retrying."""
     RECONNECTED = "reconnected"
-    """Back after an outage: messages sent meanwhile may be lost."""
+    """Back after an outage, or first connection after a start that could not connect:
+    messages sent meanwhile may be lost."""
     SUBSCRIPTION_RECREATED = "subscription_recreated"
     """This instance's subscription had vanished (auto-deleted) and was created again."""
 

@@ -70,7 +70,7 @@ def test_a_secret_mismatch_is_an_error_on_both_sides_naming_key_instance_host_an
             if r.levelno == logging.ERROR and a.instance_id in r.getMessage()
         ]
         assert len(again) == 2
-        assert "more in the last minute" in again[-1].getMessage()
+        assert "more of this cause in the last minute" in again[-1].getMessage()
 
 
 def test_health_and_connection_state_follow_the_transport() -> None:

@@ -19,9 +19,9 @@ from azure.servicebus.exceptions import (
 from hypothesis import given
 from hypothesis import strategies as st
 
+from eventbroker._diagnostics import LogLimiter
 from eventbroker.servicebus import ServiceBusOptions, ServiceBusStartError
 from eventbroker.servicebus._diagnose import describe, is_configuration_error, redact
-from eventbroker.servicebus._log_limit import LogLimiter
 
 KEY = "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5Cg=="
 AZURE = ServiceBusOptions(

@@ -85,7 +85,7 @@ options = ServiceBusOptions(
     subscription_check_interval=0.05, receive_wait=0.05,  # the loops keep calling Service Bus
 )
 broker = EventBroker(
-    ServiceBusTransport(options), EventBrokerOptions(secret="x", application_name="shop")
+    ServiceBusTransport(options), EventBrokerOptions(secret="x" * 20, application_name="shop")
 )
 broker.start()
 if sys.argv[3] == "stop-at-exit":

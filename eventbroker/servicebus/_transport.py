@@ -32,6 +32,7 @@ from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBu
 from azure.servicebus.amqp import AmqpMessageBodyType
 from azure.servicebus.exceptions import MessageSizeExceededError
 
+from .._diagnostics import LogLimiter
 from .._transport import (
     ConnectionState,
     PublishError,
@@ -43,7 +44,6 @@ from ._admin import Provisioner, admin_client
 from ._backoff import Backoff
 from ._diagnose import describe, is_configuration_error
 from ._errors import ServiceBusConfigurationError, ServiceBusStartError
-from ._log_limit import LogLimiter
 from ._naming import check_subscription_name, default_subscription_name
 from ._options import ServiceBusOptions
 
