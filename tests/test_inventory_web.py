@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from cache import CacheOptions, EntryOptions, HybridCache
+from eventbroker import EventBrokerOptions, InMemoryHub, InMemoryTransport
+from eventbroker.contrib.starlette import EventBrokerLifespan
 from samples.inventory._db import InventoryDb, Product
 from samples.inventory._feed import InventoryFeed
 from samples.inventory._web import create_app
@@ -36,9 +39,26 @@ def cache() -> Iterator[HybridCache]:
         yield cache
 
 
-def client(db: InventoryDb, cache: HybridCache, feed: InventoryFeed) -> httpx.AsyncClient:
-    app = create_app(name="web-x", cache=cache, db=db, feed_url=feed.url, entry_options=FAIL_SAFE)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://web-x")
+@contextlib.asynccontextmanager
+async def client(
+    db: InventoryDb, cache: HybridCache, feed: InventoryFeed
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan running (the integration starts a broker, serves `cache`)."""
+    services = EventBrokerLifespan(
+        transport=InMemoryTransport(InMemoryHub()),
+        broker_options=EventBrokerOptions(secret="inventory-web-test-secret"),
+        caches=[cache],
+        environ={},
+    )
+    app = create_app(
+        name="web-x", services=services, db=db, feed_url=feed.url, entry_options=FAIL_SAFE
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://web-x") as web,
+    ):
+        yield web
 
 
 async def test_product_fresh_then_stale_when_the_reload_fails(
@@ -81,5 +101,9 @@ async def test_list_and_health(db: InventoryDb, cache: HybridCache, feed: Invent
     async with client(db, cache, feed) as web:
         listing = (await web.get("/products")).json()
         assert [p["sku"] for p in listing["products"]] == ["SKU-001"] and listing["fresh"] is True
-        health = (await web.get("/health")).json()
-        assert health == {"status": "ok", "instance": "web-x", "cache_entries": 1}
+        health = await web.get("/healthz")
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert [c["component"] for c in health.json()["components"]] == [
+            "eventbroker 'default'",
+            "cache 'inventory'",
+        ]

@@ -58,21 +58,21 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
 
-    from ._roles import RoleError, run_feed, run_job, run_web, servicebus_transport
+    from ._roles import RoleError, run_feed, run_job, run_web, servicebus_environ
 
     try:
         if args.role == "feed":
             run_feed(args.port)
             return 0
         if args.role == "web":
-            transport = servicebus_transport(args.connection_string)
-            run_web(settings, transport, host=args.host, reporting=args.report)
+            environ = servicebus_environ(args.connection_string)
+            run_web(settings, environ, host=args.host, reporting=args.report)
             return 0
         if args.role == "job":
-            transport = servicebus_transport(args.connection_string)
+            environ = servicebus_environ(args.connection_string)
             run_job(
                 settings,
-                transport,
+                environ,
                 scheduled=not args.manual,
                 reporting=args.report,
                 chunk_pause=args.chunk_pause,

@@ -213,8 +213,7 @@ def run_demo(settings: InventorySettings, out: TextIO = sys.stdout) -> int:
                 feed_url=feed.url,
                 jobs_store=str(Path(tmp) / "jobs.sqlite3"),
                 chunk_pause=0.15,
-            )
-            job.scheduler.start()
+            ).start()
             run_story(t, feed, LocalJob(job, t.progress), start_webs, settings.cache_seconds)
         finally:
             for web in webs:

@@ -1,20 +1,21 @@
-"""The instances of the site: a web instance (app + cache + broker) and the job instance."""
+"""The instances of the site: a web instance (app + cache + broker) and the job instance, both
+wired by the library's integration (`eventbroker.contrib.starlette`)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 import uvicorn
 
-from cache import CacheOptions, EntryOptions, HybridCache
+from cache import CacheOptions, EntryOptions
 from cache.eventbroker_backplane import EVENT_ID as BACKPLANE_EVENT_ID
-from cache.eventbroker_backplane import EventBrokerBackplane
 from eventbroker import (
     EventBroker,
     EventBrokerOptions,
@@ -22,7 +23,8 @@ from eventbroker import (
     EventRegistry,
     Transport,
 )
-from jobs import CacheInvalidator, Interval, JobScheduler, SchedulerOptions
+from eventbroker.contrib.starlette import AppServices, AppServicesArgs, EventBrokerLifespan
+from jobs import CacheInvalidator, Interval, JobScheduler, ScheduledJob, SchedulerOptions
 
 from ._db import InventoryDb
 from ._import_job import InventoryImportJob
@@ -99,20 +101,32 @@ def _backplane_fields(param: Any) -> tuple[str, str]:
     return str(key), str(getattr(action, "value", action))
 
 
-def _broker(transport: Transport, settings: InventorySettings) -> EventBroker:
+def _services_args(
+    transport: Transport | None, settings: InventorySettings, environ: Mapping[str, str] | None
+) -> AppServicesArgs:
+    """What both instances give the integration: the broker's options, and the transport when
+    one is given (the demo's in-memory hub); otherwise the settings choose it (Service Bus)."""
     if not settings.secret:
         raise ValueError("set EVENTBROKER_SECRET: every instance must share one secret")
-    options = EventBrokerOptions(secret=settings.secret, application_name=settings.application_name)
-    return EventBroker(transport, options)
+    args: AppServicesArgs = {
+        "broker_options": EventBrokerOptions(
+            secret=settings.secret, application_name=settings.application_name
+        ),
+        "environ": os.environ if environ is None else environ,
+    }
+    if transport is not None:
+        args["transport"] = transport
+    return args
 
 
 class WebInstance:
-    """One web instance: its own broker, cache (with an EventBrokerBackplane) and uvicorn."""
+    """One web instance: uvicorn serving the app, whose lifespan (the library's Starlette
+    integration) runs its own broker and cache (with an EventBrokerBackplane)."""
 
     def __init__(
         self,
         name: str,
-        transport: Transport,
+        transport: Transport | None,
         settings: InventorySettings,
         *,
         db: InventoryDb,
@@ -120,25 +134,29 @@ class WebInstance:
         host: str = "127.0.0.1",
         port: int = 0,
         on_received: Callable[[Received], None] | None = None,
+        on_started: Callable[[WebInstance], None] | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
-        self.broker = _broker(transport, settings)
-        self.registry = EventRegistry(self.broker)
         self.received = ReceivedLog()
         self._on_received_hook = on_received
-        self.broker.event_received.subscribe(self._on_received)
-        self.broker.start()
-        self.cache = HybridCache(
-            CacheOptions(name=settings.application_name),
-            backplane=EventBrokerBackplane(self.registry, self.broker),
-        )
+        self._on_started_hook = on_started
+        args = _services_args(transport, settings, environ)
+        args["caches"] = [CacheOptions(name=settings.application_name)]
+        args["run_jobs"] = False  # web instances do not run the scheduler
+        self.services = EventBrokerLifespan(**args)
         entry_options = EntryOptions(
             duration=settings.cache_seconds,
             is_fail_safe_enabled=True,
             factory_soft_timeout=2.0,
         )
         app = create_app(
-            name=name, cache=self.cache, db=db, feed_url=feed_url, entry_options=entry_options
+            name=name,
+            services=self.services,
+            db=db,
+            feed_url=feed_url,
+            entry_options=entry_options,
+            on_started=self._started,
         )
         self._socket = socket.create_server((host, port))
         self.port: int = self._socket.getsockname()[1]
@@ -149,6 +167,18 @@ class WebInstance:
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._socket]}, name=f"uvicorn-{name}"
         )
+
+    @property
+    def broker(self) -> EventBroker:
+        """This instance's broker (once the app started)."""
+        if self.services.services is None:
+            raise RuntimeError(f"web instance {self.name} has not started")
+        return self.services.services.broker
+
+    def _started(self, services: AppServices) -> None:
+        services.broker.event_received.subscribe(self._on_received)
+        if self._on_started_hook is not None:
+            self._on_started_hook(self)
 
     def _on_received(self, args: EventReceivedEventArgs) -> None:
         if args.event_id != BACKPLANE_EVENT_ID:
@@ -170,29 +200,29 @@ class WebInstance:
         return self
 
     def serve_forever(self) -> None:
-        """Serve on the calling thread until interrupted (the web role as its own process)."""
+        """Serve on the calling thread until SIGTERM/SIGINT (the web role as its own process):
+        uvicorn then runs the lifespan's shutdown, which stops the cache and the broker."""
         try:
             self._server.run(sockets=[self._socket])
         finally:
-            self.cache.close()
-            self.broker.stop()
+            self._socket.close()
 
     def stop(self) -> None:
+        """Stop uvicorn; its lifespan shutdown closes the cache and stops the broker."""
         self._server.should_exit = True
         if self._thread.is_alive():
-            self._thread.join(10)
+            self._thread.join(30)
         self._socket.close()
-        self.cache.close()
-        self.broker.stop()
 
 
 class JobInstance:
-    """The background instance: a broker, the import job and its scheduler."""
+    """The background instance: the jobs role of the library's `AppServices` (a broker, no
+    cache, the scheduler with the import job)."""
 
     def __init__(
         self,
         name: str,
-        transport: Transport,
+        transport: Transport | None,
         settings: InventorySettings,
         *,
         db: InventoryDb,
@@ -200,26 +230,39 @@ class JobInstance:
         jobs_store: str,
         scheduled: bool = False,
         chunk_pause: float = 0.0,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
-        self.broker = _broker(transport, settings)
-        self.registry = EventRegistry(self.broker)
-        self.broker.start()
-        self.invalidator = CacheInvalidator.for_registry(self.registry)
-        self.job = InventoryImportJob(
-            feed_url=feed_url,
-            db=db,
-            invalidator=self.invalidator,
-            schedule=Interval(settings.import_interval) if scheduled else None,
-            chunk_pause=chunk_pause,
-        )
-        self.scheduler = JobScheduler(
-            [self.job],
-            store=jobs_store,
-            registry=self.registry,
-            options=SchedulerOptions(instance_id=name, poll_interval=0.2),
-        )
+
+        def jobs(registry: EventRegistry) -> list[ScheduledJob]:
+            # the import tells every web instance which keys changed, through this broker
+            return [
+                InventoryImportJob(
+                    feed_url=feed_url,
+                    db=db,
+                    invalidator=CacheInvalidator.for_registry(registry),
+                    schedule=Interval(settings.import_interval) if scheduled else None,
+                    chunk_pause=chunk_pause,
+                )
+            ]
+
+        args = _services_args(transport, settings, environ)
+        args["caches"] = ()
+        args["run_jobs"] = True  # the jobs role
+        args["jobs"] = jobs
+        args["jobs_store"] = jobs_store
+        args["scheduler_options"] = SchedulerOptions(instance_id=name, poll_interval=0.2)
+        self.services = AppServices.build(**args)
+        self.broker = self.services.broker
+        assert self.services.scheduler is not None
+        self.scheduler: JobScheduler = self.services.scheduler
+        self.job = self.scheduler.jobs[InventoryImportJob.id]
+
+    def start(self) -> JobInstance:
+        """Start the broker, then the scheduler."""
+        self.services.start()
+        return self
 
     def stop(self) -> None:
-        self.scheduler.stop()
-        self.broker.stop()
+        """Stop the scheduler (a running import is asked to stop), then the broker."""
+        self.services.stop()

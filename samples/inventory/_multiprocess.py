@@ -229,8 +229,18 @@ def run_servicebus_demo(
 
             handle: JobHandle = job
             run_story(t, feed, handle, start_webs, settings.cache_seconds)
+            t.step("Stopping the instances (SIGTERM, as App Service and containers do)")
             for child in children:
                 child.stop()
+                # uvicorn re-raises SIGTERM once its shutdown (the lifespan's) is complete
+                status = child.proc.returncode
+                t.check(
+                    status in (0, -signal.SIGTERM),
+                    f"{child.name} stopped cleanly (exit status {status})",
+                )
+            if bus is not None:
+                left = bus.subscription_names(env["EVENTBROKER_SERVICEBUS_TOPIC"])
+                t.check(not left, f"no subscription left on the topic ({len(left)} left)")
             store.close()
     except RoleError as exc:
         t.check(False, str(exc))

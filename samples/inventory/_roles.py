@@ -10,13 +10,13 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import signal
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
-
-from eventbroker import Transport
 
 from ._db import InventoryDb
 from ._feed import InventoryFeed
@@ -41,16 +41,18 @@ def servicebus_module() -> Any:
         ) from exc
 
 
-def servicebus_transport(connection_string: str | None) -> Transport:
-    """A Service Bus transport from ``EVENTBROKER_SERVICEBUS_*`` (and the connection string)."""
+def servicebus_environ(connection_string: str | None) -> dict[str, str]:
+    """The environment for a role: ``EVENTBROKER_SERVICEBUS_*`` (plus the connection string),
+    checked so that the integration picks Service Bus and its settings are valid."""
     sb = servicebus_module()
-    overrides = {"connection_string": connection_string} if connection_string else {}
+    env = dict(os.environ)
+    if connection_string:
+        env["EVENTBROKER_SERVICEBUS_CONNECTION_STRING"] = connection_string
     try:
-        options = sb.ServiceBusOptions.from_env(**overrides)
+        sb.ServiceBusOptions.from_env(env)  # neither a connection string nor a namespace: error
     except (TypeError, ValueError) as exc:
         raise RoleError(f"Service Bus settings are invalid: {exc}") from exc
-    transport: Transport = sb.ServiceBusTransport(options)
-    return transport
+    return env
 
 
 def _require(settings: InventorySettings) -> tuple[str, str]:
@@ -68,32 +70,38 @@ def report(event: str, **fields: object) -> None:
 
 def run_web(
     settings: InventorySettings,
-    transport: Transport,
+    environ: Mapping[str, str],
     *,
     host: str = "0.0.0.0",
     reporting: bool = False,
 ) -> None:
-    """Serve the web app on ``host:PORT`` until SIGTERM/SIGINT."""
+    """Serve the web app on ``host:PORT`` until SIGTERM/SIGINT; the transport is the one the
+    settings in `environ` choose (Service Bus)."""
     feed_url, database = _require(settings)
+
+    def started(web: WebInstance) -> None:
+        log.info("web instance %s on %s", web.name, web.url)
+        if reporting:
+            report("ready", name=web.name, url=web.url, instance_id=web.broker.instance_id)
+
     web = WebInstance(
         settings.instance_name,
-        transport,
+        None,
         settings,
         db=InventoryDb(database),
         feed_url=feed_url,
         host=host,
         port=settings.port,
         on_received=(lambda r: report("received", **attrs.asdict(r))) if reporting else None,
+        on_started=started,
+        environ=environ,
     )
-    log.info("web instance %s on %s", web.name, web.url)
-    if reporting:
-        report("ready", name=web.name, url=web.url, instance_id=web.broker.instance_id)
     web.serve_forever()
 
 
 def run_job(
     settings: InventorySettings,
-    transport: Transport,
+    environ: Mapping[str, str],
     *,
     scheduled: bool = True,
     reporting: bool = False,
@@ -104,13 +112,14 @@ def run_job(
     feed_url, database = _require(settings)
     job = JobInstance(
         settings.instance_name,
-        transport,
+        None,
         settings,
         db=InventoryDb(database),
         feed_url=feed_url,
         jobs_store=settings.jobs_store,
         scheduled=scheduled,
         chunk_pause=chunk_pause,
+        environ=environ,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -118,9 +127,10 @@ def run_job(
     if reporting:
         job.scheduler.on_progress(lambda p: report("progress", done=p.done, total=p.total))
         job.scheduler.on_finished(lambda run: report("finished", run_id=run.run_id))
-        report("ready", name=job.name, instance_id=job.broker.instance_id)
-    job.scheduler.start()
+    job.start()
     try:
+        if reporting:
+            report("ready", name=job.name, instance_id=job.broker.instance_id)
         stop.wait()
     finally:
         job.stop()

@@ -4,6 +4,10 @@ A product page combines the row the import job wrote to the database with live d
 inventory system (the next delivery). Both are loaded by one cache factory; when that load
 fails (the inventory system is down) fail-safe serves the last good value, and the response
 says so: ``"fresh": false``.
+
+The broker and the cache come from the library's Starlette integration
+(`eventbroker.contrib.starlette.EventBrokerLifespan`): it starts them with the app, stops them
+with it (on SIGTERM too) and serves ``/healthz``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -23,6 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from cache import EntryOptions, HybridCache
+from eventbroker.contrib.starlette import AppServices, EventBrokerLifespan
 
 from ._db import InventoryDb
 from ._keys import ALL_PRODUCTS_KEY, product_key
@@ -61,13 +66,18 @@ class _Freshness:
 def create_app(
     *,
     name: str,
-    cache: HybridCache,
+    services: EventBrokerLifespan,
     db: InventoryDb,
     feed_url: str,
     entry_options: EntryOptions,
     http: httpx.AsyncClient | None = None,
+    on_started: Callable[[AppServices], None] | None = None,
 ) -> Starlette:
-    """The web app of one instance called `name` (shown in every response)."""
+    """The web app of one instance called `name` (shown in every response).
+
+    `services` runs the broker and the cache (``request.app.state.cache``); `on_started` is
+    called once they run.
+    """
     feed = feed_url.rstrip("/")
     freshness = _Freshness()
     client = http or httpx.AsyncClient(timeout=5.0)
@@ -114,6 +124,7 @@ def create_app(
         }
 
     async def product(request: Request) -> JSONResponse:
+        cache: HybridCache = request.app.state.cache
         sku = request.path_params["sku"]
         key = product_key(sku)
         try:
@@ -130,6 +141,7 @@ def create_app(
         return freshness.respond(key, value, name)
 
     async def products(request: Request) -> JSONResponse:
+        cache: HybridCache = request.app.state.cache
         try:
             value: dict[str, Any] = await cache.get_or_set_async(
                 ALL_PRODUCTS_KEY, load_all, entry_options
@@ -138,20 +150,23 @@ def create_app(
             return JSONResponse({"error": str(exc), "instance": name}, status_code=503)
         return freshness.respond(ALL_PRODUCTS_KEY, value, name)
 
-    async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "instance": name, "cache_entries": cache.memory_count})
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        if http is None:
-            await client.aclose()
+        # the app's own lifespan around the integration's: broker and cache run inside it
+        async with services(app):
+            if on_started is not None:
+                on_started(app.state.services)
+            try:
+                yield
+            finally:
+                if http is None:
+                    await client.aclose()
 
     return Starlette(
         routes=[
             Route("/products/{sku}", product),
             Route("/products", products),
-            Route("/health", health),
+            services.health_route("/healthz"),
         ],
         lifespan=lifespan,
     )
