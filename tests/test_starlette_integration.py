@@ -38,7 +38,6 @@ from eventbroker.contrib.starlette import (
     health_endpoint,
     health_route,
 )
-from eventbroker.servicebus import ServiceBusStartError
 from eventbroker.testing import LoopbackServiceBus
 from jobs import CacheInvalidator, JobContext, JobScheduler, ScheduledJob
 
@@ -328,12 +327,6 @@ def test_without_starlette_the_import_names_the_extra() -> None:
     assert 'pip install "eventbroker-cache[starlette]"' in result.stdout, result.stderr
 
 
-@pytest.mark.xfail(
-    raises=ServiceBusStartError,
-    strict=True,
-    reason="needs the Service Bus transport that connects in the background when the "
-    "namespace is unreachable at start (issue 9, another branch); remove this marker then",
-)
 def test_service_bus_down_at_start_the_app_serves_degraded_then_recovers(
     servicebus_broker: LoopbackServiceBus,
 ) -> None:
