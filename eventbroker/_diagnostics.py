@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Hashable
 
@@ -62,25 +63,31 @@ class LogLimiter:
 
 
 class RecentCounts:
-    """Counts by cause over the last `PERIOD` seconds, in one-second buckets (bounded)."""
+    """Counts by cause over the last `PERIOD` seconds, in one-second buckets (bounded).
+
+    Thread-safe: the broker loop adds, any thread (a health check) reads.
+    """
 
     def __init__(self) -> None:
         self._buckets: deque[tuple[int, Counter[str]]] = deque()
+        self._lock = threading.Lock()
 
     def add(self, cause: str, now: float, count: int = 1) -> None:
         second = int(now)
-        buckets = self._buckets
-        if not buckets or buckets[-1][0] != second:
-            self._expire(now)
-            buckets.append((second, Counter()))
-        buckets[-1][1][cause] += count
+        with self._lock:
+            buckets = self._buckets
+            if not buckets or buckets[-1][0] != second:
+                self._expire(now)
+                buckets.append((second, Counter()))
+            buckets[-1][1][cause] += count
 
     def last_minute(self, now: float) -> Counter[str]:
         """Counts by cause over the last `PERIOD` seconds."""
-        self._expire(now)
         total: Counter[str] = Counter()
-        for _, counts in self._buckets:
-            total.update(counts)
+        with self._lock:
+            self._expire(now)
+            for _, counts in self._buckets:
+                total.update(counts)
         return total
 
     def _expire(self, now: float) -> None:

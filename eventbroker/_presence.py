@@ -127,8 +127,9 @@ class Presence:
 
     def instances(self) -> list[InstanceInfo]:
         """Snapshots, ordered by host, start time and id."""
+        records = list(self._records.values())  # one step: the broker loop may add meanwhile
         return sorted(
-            (record.info() for record in self._records.values()),
+            (record.info() for record in records),
             key=lambda i: (i.host or "", i.started_at or 0.0, i.instance_id),
         )
 

@@ -175,3 +175,42 @@ def test_a_process_exiting_with_a_started_broker_stops_it_cleanly(tmp_path: obje
     assert "transport stopped" in done.stdout
     assert "cannot schedule new futures" not in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_health_and_instances_can_be_read_from_any_thread_while_messages_flow() -> None:
+    hub = InMemoryHub()
+    options = EventBrokerOptions(secret=SECRET_A)
+    receiver = EventBroker(InMemoryTransport(hub), options)
+    senders = [EventBroker(InMemoryTransport(hub), options) for _ in range(3)]
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                receiver.health()
+                _ = receiver.instances, receiver.stats
+        except BaseException as exc:  # pragma: no cover - the failure being tested for
+            failures.append(exc)
+
+    from eventbroker import TransportMessage
+
+    with receiver:
+        readers = [threading.Thread(target=read) for _ in range(2)]
+        for reader in readers:
+            reader.start()
+        for sender in senders:
+            sender.start()
+        for n in range(600):
+            sender = senders[n % 3]
+            sender.raise_event(EVENT, RAISER, n)
+            if n % 50 == 0:  # refusals too, so the last-minute counts change
+                hub._publish(sender.transport, TransportMessage(b"junk", "j", "x"))  # type: ignore[arg-type]
+        hub.drain()
+        done.set()
+        for reader in readers:
+            reader.join()
+        for sender in senders:
+            sender.stop()
+    assert failures == []
+    assert receiver.stats.dispatched == 600
