@@ -37,6 +37,7 @@ from ._errors import BackplaneError
 from ._options import EntryOptions
 
 logger = logging.getLogger(__name__)
+_MAX_WARNED = 64
 
 EVENT_ID = uuid.UUID("A1B2C3D4-E5F6-4A5B-8C9D-0E1F2A3B4C5D")
 """The original design's backplane event id."""
@@ -105,6 +106,7 @@ class EventBrokerBackplane:
         self.raiser_id = uuid.UUID(str(raiser_id))
         self._options: BackplaneSubscriptionOptions | None = None
         self._subscriptions: list[Subscription] = []
+        self._warned: set[tuple[str, object]] = set()
 
     # ---------------------------------------------------------------- the protocol
 
@@ -157,16 +159,27 @@ class EventBrokerBackplane:
             return
         wire = args.param
         if not isinstance(wire, BackplaneWireMessage):
-            logger.warning("ignored a backplane event whose param is %r", type(wire).__name__)
+            self._warn_once(
+                ("param", type(wire).__name__), "ignored a backplane event whose param is %r"
+            )
             return
         if wire.cache_name and wire.cache_name != options.cache_name:
             return
         try:
             message = wire.to_message()
-        except ValueError:
-            logger.warning("ignored a backplane message with unknown action %r", wire.action)
+        except ValueError:  # a newer peer: every such message would log
+            self._warn_once(
+                ("action", wire.action), "ignored backplane messages with unknown action %r"
+            )
             return
         options.incoming_message_handler(message)
+
+    def _warn_once(self, cause: tuple[str, object], message: str) -> None:
+        """A warning the first time per cause (bounded), DEBUG after: never one per message."""
+        first = cause not in self._warned and len(self._warned) < _MAX_WARNED
+        if first:
+            self._warned.add(cause)
+        logger.log(logging.WARNING if first else logging.DEBUG, message, cause[1])
 
     def _on_missed(self, args: EventMissedEventArgs) -> None:
         options = self._options
