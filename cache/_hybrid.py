@@ -193,7 +193,7 @@ class _CompleteInBackground(_Step):
             if future.cancelled() or future.exception() is not None:
                 logger.warning("timed-out factory for %r failed in the background", self.key)
                 return
-            logger.info("timed-out factory for %r completed in the background", self.key)
+            logger.debug("timed-out factory for %r completed in the background", self.key)
             cache._run_sync(cache._store(self.key, future.result(), self.options))
 
         self.pending.add_done_callback(done)
@@ -203,7 +203,7 @@ class _CompleteInBackground(_Step):
             if future.cancelled() or future.exception() is not None:
                 logger.warning("timed-out factory for %r failed in the background", self.key)
                 return
-            logger.info("timed-out factory for %r completed in the background", self.key)
+            logger.debug("timed-out factory for %r completed in the background", self.key)
             cache._spawn(cache._run_async(cache._store(self.key, future.result(), self.options)))
 
         self.pending.add_done_callback(done)
@@ -1002,8 +1002,12 @@ class HybridCache:
                 _describe_error(exc),
             )
             return
+        first = self._backplane_failing_since is None
         self._backplane_failed(exc)
-        logger.warning(
+        # one warning per outage, not one per write: the rest wait in the queue quietly (the
+        # replay logs how many it published; health() shows the backlog meanwhile)
+        logger.log(
+            logging.WARNING if first else logging.DEBUG,
             "backplane publish of %s for %r failed (%s); queued for auto-recovery",
             message.action.name,
             message.cache_key,

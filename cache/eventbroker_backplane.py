@@ -166,16 +166,19 @@ class EventBrokerBackplane:
         wire = args.param
         if not isinstance(wire, BackplaneWireMessage):
             self._log.warn(
-                "param", "ignored a backplane event whose param is %r", type(wire).__name__
+                ("param", type(wire).__name__),
+                "ignored a backplane event whose param is %r",
+                type(wire).__name__,
             )
             return
         if wire.cache_name and wire.cache_name != options.cache_name:
             return
         try:
             message = wire.to_message()
-        except ValueError:
+        except ValueError:  # a newer peer: every such message would log
+            action = wire.action[:40]
             self._log.warn(
-                "action", "ignored a backplane message with unknown action %r", wire.action[:40]
+                ("action", action), "ignored backplane messages with unknown action %r", action
             )
             return
         options.incoming_message_handler(message)

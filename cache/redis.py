@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import weakref
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from redis.backoff import NoBackoff
 from ._errors import DistributedCacheError
 from ._keys import check_key
 from ._redact import redact_url, shows_secret, split_credentials, url_secrets
+from ._settings import URL, read_variable
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -51,7 +51,7 @@ class RedisDistributedCache:
         connect_timeout: float = 1.0,
         **client_options: Any,
     ) -> None:
-        url = url or os.environ.get("CACHE_REDIS_URL") or DEFAULT_URL
+        url = url or read_variable("CACHE_REDIS_URL", secrecy=URL) or DEFAULT_URL
         self.redacted_url = redact_url(url)
         """The URL with its password replaced by ``***``: the form to log or show."""
         check_key(key_prefix, "key_prefix")

@@ -93,7 +93,7 @@ class CacheInvalidator:
             delay = 0.01
             sent += 1
         if sent:
-            log.info("invalidated %d key(s) (%s) on every instance", sent, action.value)
+            log.debug("invalidated %d key(s) (%s) on every instance", sent, action.value)
         return sent
 
     async def invalidate_async(self, keys: Iterable[str], *, remove: bool | None = None) -> int:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 from cache._health import Health
+from cache._settings import EnvSettings, env, number
 
 from ._clock import Clock, SystemClock
 from ._errors import UnknownJobError
@@ -66,9 +67,7 @@ class StopJobRequest:
     requested_by: str
 
 
-def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"SchedulerOptions.{attribute.name} must be > 0, got {value!r}")
+_positive = number(above=0)
 
 
 def _default_instance_id() -> str:
@@ -76,18 +75,25 @@ def _default_instance_id() -> str:
 
 
 @attrs.frozen
-class SchedulerOptions:
-    """How a `JobScheduler` polls, leases and shuts down."""
+class SchedulerOptions(EnvSettings):
+    """How a `JobScheduler` polls, leases and shuts down; `from_env()` reads the ``JOBS_*``
+    environment variables (keyword arguments win)."""
 
-    instance_id: str | None = None
+    instance_id: str | None = attrs.field(default=None, metadata=env("JOBS_INSTANCE_ID"))
     """Names this scheduler in leases and history; default: the broker's instance id when a
     registry is given, else host:pid:random."""
-    poll_interval: float = attrs.field(default=1.0, validator=_positive)
+    poll_interval: float = attrs.field(
+        default=1.0, validator=_positive, metadata=env("JOBS_POLL_INTERVAL")
+    )
     """Seconds between looks at the store for due jobs."""
-    lease_seconds: float = attrs.field(default=30.0, validator=_positive)
+    lease_seconds: float = attrs.field(
+        default=30.0, validator=_positive, metadata=env("JOBS_LEASE_SECONDS")
+    )
     """A lease lapses this long after its holder's last renewal (renewed every third of it).
     After a store outage, no lease is reaped for this long either."""
-    shutdown_timeout: float = attrs.field(default=30.0, validator=_positive)
+    shutdown_timeout: float = attrs.field(
+        default=30.0, validator=_positive, metadata=env("JOBS_SHUTDOWN_TIMEOUT")
+    )
     """How long `stop()` waits for running jobs after asking them to stop, and for the store to
     take the ends of runs it could not record yet."""
 

@@ -87,8 +87,8 @@ def test_exactly_one_of_connection_string_or_namespace() -> None:
     ("kwargs", "fragment"),
     [
         ({"auto_delete_on_idle": 299}, "at least 300"),
-        ({"message_time_to_live": 0}, "greater than 0"),
-        ({"topic": "bad topic!"}, "topic names"),
+        ({"message_time_to_live": 0}, "> 0"),
+        ({"topic": "bad topic!"}, "topic name"),
         ({"administration_endpoint": "127.0.0.1:80"}, "http://"),
         ({"reconnect_initial_backoff": 5, "reconnect_max_backoff": 1}, "reconnect_max_backoff"),
     ],

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
+import attrs
+
 from cache import CacheOptions, Health, HealthStatus, HybridCache
 from cache._redact import redact_text
+from cache._settings import EnvSettings, env, read_variable, url_repr
 from cache.eventbroker_backplane import EventBrokerBackplane
 
 from .._broker import EventBroker
@@ -39,14 +41,30 @@ _SERVICEBUS_VARIABLES = (
     "EVENTBROKER_SERVICEBUS_CONNECTION_STRING",
     "EVENTBROKER_SERVICEBUS_FULLY_QUALIFIED_NAMESPACE",
 )
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+@attrs.frozen
+class ServicesSettings(EnvSettings):
+    """The integration's own settings (the broker, caches and scheduler have theirs)."""
+
+    run_jobs: bool = attrs.field(default=False, metadata=env(JOBS_RUN_SCHEDULER))
+    """The jobs role: whether this instance runs the job scheduler."""
+    redis_url: str | None = attrs.field(
+        default=None, repr=url_repr, metadata=env("CACHE_REDIS_URL", url=True)
+    )
+    """Redis for every cache's L2 (none: the caches have no L2)."""
+    redis_key_prefix: str = attrs.field(default="", metadata=env("CACHE_REDIS_KEY_PREFIX"))
+    """Put before ``<cache name>:`` in every Redis key."""
+    jobs_store: str = attrs.field(
+        default="jobs.sqlite3", repr=url_repr, metadata=env("JOBS_STORE", url=True)
+    )
+    """The job store on the jobs role: a SQLite path or a ``postgresql://`` URL."""
 
 
 class AppServicesArgs(TypedDict, total=False):
     """What `AppServices.build` (and `EventBrokerLifespan`) take; every key is optional.
 
-    Anything not given is built from the environment (`environ`, default `os.environ`).
+    Anything not given is built from the environment (`environ`, default: the process's).
     """
 
     broker: EventBroker
@@ -82,25 +100,12 @@ class AppServicesArgs(TypedDict, total=False):
     scheduler_options: SchedulerOptions
     """The built scheduler's options."""
     environ: Mapping[str, str]
-    """Where settings are read from. Default: ``os.environ``."""
-
-
-def env_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
-    """A boolean environment variable; anything but true/false, 1/0, yes/no, on/off is an error."""
-    text = environ.get(name, "").strip()
-    if not text:
-        return default
-    if text.lower() in _TRUE:
-        return True
-    if text.lower() in _FALSE:
-        return False
-    raise ValueError(f"{name}={text!r} is not a boolean: use true/false, 1/0, yes/no or on/off")
+    """Where settings are read from. Default: the process's environment."""
 
 
 def transport_from_env(environ: Mapping[str, str] | None = None) -> Transport:
     """Service Bus when a connection string or namespace is configured, else an in-memory hub."""
-    env = os.environ if environ is None else environ
-    if any(env.get(name) for name in _SERVICEBUS_VARIABLES):
+    if any(read_variable(name, environ=environ) for name in _SERVICEBUS_VARIABLES):
         try:
             from eventbroker.servicebus import ServiceBusOptions, ServiceBusTransport
         except ImportError as exc:
@@ -109,7 +114,7 @@ def transport_from_env(environ: Mapping[str, str] | None = None) -> Transport:
                 f'cannot be imported ({exc}): pip install "eventbroker-cache[servicebus]"',
                 name=exc.name,
             ) from exc
-        return ServiceBusTransport(ServiceBusOptions.from_env(env))
+        return ServiceBusTransport(ServiceBusOptions.from_env(environ))
     logger.info(
         "no %s: events stay in this process (in-memory hub, local development)",
         " or ".join(_SERVICEBUS_VARIABLES),
@@ -129,7 +134,7 @@ def _redis_l2(url: str, prefix: str) -> DistributedCache:
 
 
 def _build_scheduler(
-    args: AppServicesArgs, registry: EventRegistry, env: Mapping[str, str]
+    args: AppServicesArgs, registry: EventRegistry, settings: ServicesSettings
 ) -> JobScheduler:
     try:
         from jobs import JobScheduler
@@ -145,7 +150,7 @@ def _build_scheduler(
             f"given: pass jobs=... or scheduler=..., or set {JOBS_RUN_SCHEDULER}=false"
         )
     listed = list(jobs(registry) if callable(jobs) else jobs)
-    store = args.get("jobs_store") or env.get("JOBS_STORE") or "jobs.sqlite3"
+    store = args.get("jobs_store") or settings.jobs_store
     return JobScheduler(
         listed, store=store, options=args.get("scheduler_options"), registry=registry
     )
@@ -197,7 +202,8 @@ class AppServices:
                 f"unknown AppServices setting(s) {sorted(unknown)}; "
                 f"known: {sorted(AppServicesArgs.__annotations__)}"
             )
-        env = args.get("environ", os.environ)
+        env = args.get("environ")  # None: the process environment
+        settings = ServicesSettings.from_env(env)
         broker = args.get("broker")
         if broker is None:
             options = args.get("broker_options")
@@ -222,7 +228,7 @@ class AppServices:
                 if isinstance(spec, HybridCache):
                     cache = spec
                 else:
-                    cache = cls._build_cache(spec, args, broker, registry, env)
+                    cache = cls._build_cache(spec, args, broker, registry, env, settings)
                     built.append(cache)
                 name = cache.options.name
                 if name in caches:
@@ -231,7 +237,7 @@ class AppServices:
                         "(caches of one name share backplane messages and L2 keys)"
                     )
                 caches[name] = cache
-            scheduler = cls._scheduler(args, registry, env)
+            scheduler = cls._scheduler(args, registry, settings)
         except BaseException:
             for cache in built:
                 cache.close()
@@ -244,13 +250,14 @@ class AppServices:
         args: AppServicesArgs,
         broker: EventBroker,
         registry: EventRegistry,
-        env: Mapping[str, str],
+        env: Mapping[str, str] | None,
+        settings: ServicesSettings,
     ) -> HybridCache:
         options = spec if isinstance(spec, CacheOptions) else CacheOptions.from_env(env, name=spec)
-        url = args.get("redis_url", env.get("CACHE_REDIS_URL", ""))
+        url = args.get("redis_url", settings.redis_url)
         l2 = None
         if url:
-            prefix = args.get("redis_key_prefix", env.get("CACHE_REDIS_KEY_PREFIX", ""))
+            prefix = args.get("redis_key_prefix", settings.redis_key_prefix)
             l2 = _redis_l2(url, f"{prefix}{options.name}:")
         return HybridCache(
             options,
@@ -261,13 +268,13 @@ class AppServices:
 
     @staticmethod
     def _scheduler(
-        args: AppServicesArgs, registry: EventRegistry, env: Mapping[str, str]
+        args: AppServicesArgs, registry: EventRegistry, settings: ServicesSettings
     ) -> JobScheduler | None:
         if "scheduler" in args and "jobs" in args:
             raise TypeError("pass either a ready scheduler or jobs, not both")
         run = args.get("run_jobs")
         if run is None:
-            run = env_flag(env, JOBS_RUN_SCHEDULER, False)
+            run = settings.run_jobs
         if not run:
             if "scheduler" in args or "jobs" in args:
                 logger.info(
@@ -276,7 +283,7 @@ class AppServices:
                 )
             return None
         ready = args.get("scheduler")
-        return ready if ready is not None else _build_scheduler(args, registry, env)
+        return ready if ready is not None else _build_scheduler(args, registry, settings)
 
     # ---------------------------------------------------------------- access
 

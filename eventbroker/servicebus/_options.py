@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import attrs
+
+from cache._settings import EnvSettings, Validator, env, hidden_repr, integer, number, refuse
 
 from ._connection_string import ConnectionStringInfo, parse_connection_string
 from ._errors import ServiceBusConfigurationError
@@ -19,40 +19,38 @@ if TYPE_CHECKING:
 ENV_PREFIX = "EVENTBROKER_SERVICEBUS_"
 MIN_AUTO_DELETE_ON_IDLE = 300.0
 _TOPIC = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,258}[A-Za-z0-9])?$")
+_ERROR = ServiceBusConfigurationError
 
 
-def _env(name: str) -> dict[str, str]:
-    return {"env": ENV_PREFIX + name}
+def _env(name: str, *, secret: bool = False) -> dict[str, Any]:
+    return env(ENV_PREFIX + name, secret=secret)
 
 
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise ServiceBusConfigurationError(
-            f"ServiceBusOptions.{attribute.name} must be greater than 0, got {value!r}"
-        )
+_positive = number(above=0, error=_ERROR)
+_not_negative = number(minimum=0, error=_ERROR)
 
 
-def _not_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value < 0:
-        raise ServiceBusConfigurationError(
-            f"ServiceBusOptions.{attribute.name} must be 0 or more, got {value!r}"
-        )
+def _at_least(minimum: int) -> Validator:
+    return integer(minimum=minimum, error=_ERROR)
+
+
+_check_auto_delete = number(
+    minimum=MIN_AUTO_DELETE_ON_IDLE,
+    what="a finite number of seconds",
+    note=f"Service Bus needs at least {MIN_AUTO_DELETE_ON_IDLE:.0f} seconds, 5 minutes",
+    error=_ERROR,
+)
 
 
 def _check_topic(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    if not _TOPIC.match(value):
-        raise ServiceBusConfigurationError(
-            f"ServiceBusOptions.topic {value!r} is invalid: Service Bus topic names are 1 to 260 "
-            "characters of letters, digits, '.', '-', '_' and '/', starting and ending with a "
-            "letter or digit"
-        )
-
-
-def _check_auto_delete(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value < MIN_AUTO_DELETE_ON_IDLE:
-        raise ServiceBusConfigurationError(
-            f"ServiceBusOptions.auto_delete_on_idle is {value!r} seconds; Service Bus needs at "
-            f"least {MIN_AUTO_DELETE_ON_IDLE:.0f} seconds (5 minutes)"
+    if not isinstance(value, str) or not _TOPIC.match(value):
+        refuse(
+            _ERROR,
+            instance,
+            attribute,
+            value,
+            "a Service Bus topic name: 1 to 260 characters of letters, digits, '.', '-', '_' "
+            "and '/', starting and ending with a letter or digit",
         )
 
 
@@ -61,9 +59,12 @@ def _check_endpoint(instance: object, attribute: attrs.Attribute[Any], value: st
         return
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ServiceBusConfigurationError(
-            f"ServiceBusOptions.administration_endpoint {value!r} must be an http:// or https:// "
-            "URL such as 'http://127.0.0.1:5300'"
+        refuse(
+            _ERROR,
+            instance,
+            attribute,
+            value,
+            "an http:// or https:// URL such as 'http://127.0.0.1:5300'",
         )
 
 
@@ -75,19 +76,22 @@ def _check_connection_string(
 
 
 @attrs.frozen(kw_only=True)
-class ServiceBusOptions:
+class ServiceBusOptions(EnvSettings):
     """Settings of `ServiceBusTransport`. Durations are in seconds.
 
     Give either ``connection_string`` or ``fully_qualified_namespace`` (authenticated with
     ``credential``, by default ``azure.identity.aio.DefaultAzureCredential``). Every setting
-    but ``credential`` can come from an environment variable, see `from_env`.
+    but ``credential`` can come from an ``EVENTBROKER_SERVICEBUS_*`` environment variable: see
+    `from_env` (keyword arguments win).
     """
+
+    settings_error: ClassVar[type[ValueError]] = ServiceBusConfigurationError
 
     connection_string: str | None = attrs.field(
         default=None,
-        repr=False,
+        repr=hidden_repr,
         validator=_check_connection_string,
-        metadata=_env("CONNECTION_STRING"),
+        metadata=_env("CONNECTION_STRING", secret=True),
     )
     """``Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...`` (never logged)."""
     fully_qualified_namespace: str | None = attrs.field(
@@ -126,7 +130,7 @@ class ServiceBusOptions:
     )
     """Plain AMQP without TLS, keeping the port (loopback hosts only), as the connection string flag."""
     prefetch_count: int = attrs.field(
-        default=100, validator=attrs.validators.ge(1), metadata=_env("PREFETCH_COUNT")
+        default=100, validator=_at_least(1), metadata=_env("PREFETCH_COUNT")
     )
     """Messages the receiver prefetches; also the most received per call."""
     receive_wait: float = attrs.field(
@@ -138,7 +142,7 @@ class ServiceBusOptions:
     )
     """How often a running transport checks its subscription still exists (recreating it if not)."""
     max_queued_messages: int = attrs.field(
-        default=10_000, validator=attrs.validators.ge(1), metadata=_env("MAX_QUEUED_MESSAGES")
+        default=10_000, validator=_at_least(1), metadata=_env("MAX_QUEUED_MESSAGES")
     )
     """Bound of the outgoing queue; `publish` raises `PublishError` when it is full."""
     batch_window: float = attrs.field(
@@ -147,11 +151,11 @@ class ServiceBusOptions:
     """Extra wait to gather more messages into a batch (messages queued while a send is in
     flight are always coalesced)."""
     max_batch_messages: int = attrs.field(
-        default=500, validator=attrs.validators.ge(1), metadata=_env("MAX_BATCH_MESSAGES")
+        default=500, validator=_at_least(1), metadata=_env("MAX_BATCH_MESSAGES")
     )
     """Most messages per `ServiceBusMessageBatch` (1 sends one message per call)."""
     max_message_size: int = attrs.field(
-        default=256 * 1024, validator=attrs.validators.ge(1024), metadata=_env("MAX_MESSAGE_SIZE")
+        default=256 * 1024, validator=_at_least(1024), metadata=_env("MAX_MESSAGE_SIZE")
     )
     """Largest message body accepted by `publish` (Standard tier: 256 KB)."""
     publish_deadline: float = attrs.field(
@@ -177,7 +181,7 @@ class ServiceBusOptions:
     )
     """Longest delay between reconnect attempts."""
     sdk_retry_total: int = attrs.field(
-        default=3, validator=attrs.validators.ge(0), metadata=_env("SDK_RETRY_TOTAL")
+        default=3, validator=_at_least(0), metadata=_env("SDK_RETRY_TOTAL")
     )
     """Retries the SDK makes inside one operation before the transport's own reconnect."""
 
@@ -204,52 +208,3 @@ class ServiceBusOptions:
         if self.connection_string is None:
             return None
         return parse_connection_string(self.connection_string)
-
-    @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> ServiceBusOptions:
-        """Options from ``EVENTBROKER_SERVICEBUS_*`` variables; keyword arguments win."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for field in attrs.fields(cls):
-            name = field.metadata.get("env")
-            if name is None or name not in env or field.name in overrides:
-                continue
-            values[field.name] = _parse(field, name, env[name])
-        values.update(overrides)
-        return cls(**values)
-
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def _parse_bool(text: str) -> bool:
-    if text.lower() in _TRUE:
-        return True
-    if text.lower() in _FALSE:
-        return False
-    raise ValueError("expected true/false, 1/0, yes/no or on/off")
-
-
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "bool": _parse_bool,
-    "int": int,
-    "float": float,
-    "float | None": float,
-    "str": str,
-    "str | None": str,
-}
-
-
-def _parse(field: attrs.Attribute[Any], env_name: str, text: str) -> Any:
-    parser = _PARSERS[str(field.type)]
-    text = text.strip()
-    try:
-        return parser(text)
-    except ValueError as exc:
-        shown = "<hidden>" if field.name == "connection_string" else repr(text)
-        raise ServiceBusConfigurationError(
-            f"environment variable {env_name}={shown} is not a valid {field.type}: {exc}"
-        ) from None

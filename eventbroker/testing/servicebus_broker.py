@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import datetime
 import logging
-import os
 import shlex
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import attrs
+
+from cache._settings import INTEGER, NUMBER, read_variable
 
 from ._servicebus_admin import AdminServer
 from ._servicebus_admin_client import administration_client
@@ -590,41 +591,51 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m eventbroker.testing.servicebus_broker",
         description="Run a loopback Azure Service Bus broker (AMQP + admin HTTP) on 127.0.0.1.",
     )
-    env = os.environ.get
+    try:
+        host = read_variable("EVENTBROKER_LOOPBACK_HOST", default="127.0.0.1")
+        port = read_variable("EVENTBROKER_LOOPBACK_PORT", INTEGER)
+        admin_port = read_variable("EVENTBROKER_LOOPBACK_ADMIN_PORT", INTEGER, default=0)
+        topics = read_variable("EVENTBROKER_LOOPBACK_TOPICS", default="")
+        lock_duration = read_variable("EVENTBROKER_LOOPBACK_LOCK_DURATION", NUMBER, default=60.0)
+        max_delivery_count = read_variable(
+            "EVENTBROKER_LOOPBACK_MAX_DELIVERY_COUNT", INTEGER, default=10
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     parser.add_argument(
         "--host",
-        default=env("EVENTBROKER_LOOPBACK_HOST", "127.0.0.1"),
+        default=host,
         help="listen address (default 127.0.0.1; env EVENTBROKER_LOOPBACK_HOST)",
     )
     parser.add_argument(
         "--port",
         type=int,
-        default=int(port_env) if (port_env := env("EVENTBROKER_LOOPBACK_PORT")) else None,
+        default=port,
         help="AMQP port (default 5672, or any free port when 5672 is taken; 0 = any free "
         "port; env EVENTBROKER_LOOPBACK_PORT)",
     )
     parser.add_argument(
         "--admin-port",
         type=int,
-        default=int(env("EVENTBROKER_LOOPBACK_ADMIN_PORT", "0")),
+        default=admin_port,
         help="admin HTTP port (default 0 = any free port; env EVENTBROKER_LOOPBACK_ADMIN_PORT)",
     )
     parser.add_argument(
         "--topic",
         action="append",
-        default=[t for t in env("EVENTBROKER_LOOPBACK_TOPICS", "").split(",") if t],
+        default=[t.strip() for t in topics.split(",") if t.strip()],
         help="create this topic at start (repeatable; env EVENTBROKER_LOOPBACK_TOPICS, comma-separated)",
     )
     parser.add_argument(
         "--lock-duration",
         type=float,
-        default=float(env("EVENTBROKER_LOOPBACK_LOCK_DURATION", "60")),
+        default=lock_duration,
         help="peek-lock duration in seconds (default 60; env EVENTBROKER_LOOPBACK_LOCK_DURATION)",
     )
     parser.add_argument(
         "--max-delivery-count",
         type=int,
-        default=int(env("EVENTBROKER_LOOPBACK_MAX_DELIVERY_COUNT", "10")),
+        default=max_delivery_count,
         help="deliveries before dead-lettering (default 10; env EVENTBROKER_LOOPBACK_MAX_DELIVERY_COUNT)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG")

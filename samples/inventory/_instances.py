@@ -4,7 +4,6 @@ wired by the library's integration (`eventbroker.contrib.starlette`)."""
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 import time
@@ -112,8 +111,9 @@ def _services_args(
         "broker_options": EventBrokerOptions(
             secret=settings.secret, application_name=settings.application_name
         ),
-        "environ": os.environ if environ is None else environ,
     }
+    if environ is not None:
+        args["environ"] = environ
     if transport is not None:
         args["transport"] = transport
     return args
