@@ -320,6 +320,7 @@ def _key_id_for(secret: str) -> str:
 
 
 MIN_SECRET_LENGTH = 16
+_DERIVED = object()  # the key id is derived from the secret
 
 
 def normalize_keys(
@@ -331,14 +332,16 @@ def normalize_keys(
     secret, a secret that is not a str, blank or shorter than `MIN_SECRET_LENGTH` characters,
     and a key id that is not a non-empty str (YAML turns ``2024:`` into an int).
     """
+    # (key id, secret, how errors name it): a derived key id is a hash of the secret, so an
+    # error names its position instead (a short secret could be guessed back from its hash).
     if isinstance(secret, str):
-        items: list[tuple[object, object]] = [(_key_id_for(secret), secret)]
+        items: list[tuple[object, object, str]] = [(_DERIVED, secret, "secret")]
     elif isinstance(secret, Mapping):
-        items = list(secret.items())
-    elif isinstance(secret, list | tuple):
         items = [
-            (_key_id_for(s) if isinstance(s, str) else f"#{n + 1}", s) for n, s in enumerate(secret)
+            (key_id, value, f"secret for key id {key_id!r}") for key_id, value in secret.items()
         ]
+    elif isinstance(secret, list | tuple):
+        items = [(_DERIVED, value, f"secret #{n + 1}") for n, value in enumerate(secret)]
     else:
         raise ValueError(
             f"EventBrokerOptions.secret must be a str, a list of str or a {{key id: secret}} "
@@ -349,26 +352,27 @@ def normalize_keys(
             "EventBrokerOptions.secret is empty: give at least one secret (EVENTBROKER_SECRET)"
         )
     keys: dict[str, bytes] = {}
-    for key_id, value in items:
-        if type(key_id) is not str or not key_id.strip():
+    for given_id, value, label in items:
+        if given_id is not _DERIVED and (type(given_id) is not str or not given_id.strip()):
             raise ValueError(
-                f"EventBrokerOptions.secret has key id {key_id!r} of type {type(key_id).__name__}"
-                ": key ids must be non-empty str (quote them in YAML: '2024': ...); every peer "
-                "would refuse messages signed with it as unknown_key"
+                f"EventBrokerOptions.secret has key id {given_id!r} of type "
+                f"{type(given_id).__name__}: key ids must be non-empty str (quote them in YAML: "
+                "'2024': ...); every peer would refuse messages signed with it as unknown_key"
             )
         if not isinstance(value, str):
             raise ValueError(
-                f"EventBrokerOptions.secret for key id {key_id!r} is a {type(value).__name__}, "
-                "not a str (EVENTBROKER_SECRET)"
+                f"EventBrokerOptions.{label} is a {type(value).__name__}, not a str "
+                "(EVENTBROKER_SECRET)"
             )
         if len(value.strip()) < MIN_SECRET_LENGTH:
             what = "blank" if not value.strip() else f"{len(value.strip())} characters long"
             raise ValueError(
-                f"EventBrokerOptions.secret for key id {key_id!r} is {what}: secrets must have at "
-                f"least {MIN_SECRET_LENGTH} characters (EVENTBROKER_SECRET); generate one with "
+                f"EventBrokerOptions.{label} is {what}: secrets must have at least "
+                f"{MIN_SECRET_LENGTH} characters (EVENTBROKER_SECRET); generate one with "
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
-        keys[key_id] = value.encode()
+        key_id = _key_id_for(value) if given_id is _DERIVED else given_id
+        keys[key_id] = value.encode()  # type: ignore[index]  # checked: a str
     return keys
 
 

@@ -291,3 +291,14 @@ def test_a_param_that_does_not_fit_the_registered_type_is_rejected(receiver: Rec
     assert rejection is not None and rejection.reason == "bad_param"
     assert receiver.transport.feed(receiver.good(param={"x": 1, "y": 2})) is None
     assert [g.param for g in receiver.got] == [Point(1, 2)]
+
+
+def test_a_short_secret_error_never_shows_the_secret_or_its_derived_key_id() -> None:
+    from eventbroker._envelope import _key_id_for
+
+    for form in ("short-one", ["a" * 20, "short-one"]):
+        with pytest.raises(ValueError) as refused:
+            EventBrokerOptions(secret=form)  # type: ignore[arg-type]
+        text = str(refused.value)
+        assert "short-one" not in text and _key_id_for("short-one") not in text
+        assert "secret #2" in text or "EventBrokerOptions.secret is" in text
