@@ -1,0 +1,7 @@
+"""Optional framework integrations of the event broker. Each module imports its framework only
+when imported itself, and names the extra to install when the framework is missing:
+
+- `eventbroker.contrib.django`: the Django app (``INSTALLED_APPS``) that runs the broker, the
+  caches' backplane and the job scheduler in serving processes, with a health view
+  (extra ``django``).
+"""
