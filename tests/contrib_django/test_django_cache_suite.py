@@ -24,9 +24,7 @@ BACKEND = {
 }
 
 
-@override_settings(
-    CACHES=caches_setting_for_tests(base=BACKEND, exclude={"cull", "zero_cull"})
-)
+@override_settings(CACHES=caches_setting_for_tests(base=BACKEND, exclude={"cull", "zero_cull"}))
 class HybridCacheBackendTests(BaseCacheTests, TestCase):  # type: ignore[misc]
     def tearDown(self) -> None:
         super().tearDown()

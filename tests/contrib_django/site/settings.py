@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import uuid
 
-SECRET_KEY = os.environ.get("TEST_DJANGO_SECRET_KEY", "test-only-secret-key-of-the-django-integration")
+SECRET_KEY = os.environ.get(
+    "TEST_DJANGO_SECRET_KEY", "test-only-secret-key-of-the-django-integration"
+)
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
 USE_TZ = True
