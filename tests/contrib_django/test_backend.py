@@ -304,9 +304,11 @@ def test_bad_options_name_the_problem(prefix: str, options: dict[str, Any], mess
 
 
 def test_a_bad_location_names_it_without_the_password(prefix: str) -> None:
-    with override_settings(CACHES=_caches(prefix, LOCATION="http://user:hunter2@host/0")):
-        with pytest.raises(ImproperlyConfigured) as error:
-            caches["default"].get("k")
+    with (
+        override_settings(CACHES=_caches(prefix, LOCATION="http://user:hunter2@host/0")),
+        pytest.raises(ImproperlyConfigured) as error,
+    ):
+        caches["default"].get("k")
     assert "hunter2" not in str(error.value)
     assert "redis://" in str(error.value)
 
