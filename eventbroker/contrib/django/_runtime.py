@@ -16,6 +16,7 @@ import hmac
 import logging
 import os
 import signal
+import subprocess
 import threading
 from collections.abc import Callable, Mapping
 from types import FrameType
@@ -383,13 +384,61 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def install() -> None:
     """Called by `AppConfig.ready`: start at the first request; stop cleanly on SIGTERM when
-    nothing else handles it (runserver; gunicorn and uvicorn exit cleanly by themselves)."""
+    nothing else handles it (gunicorn and uvicorn exit cleanly by themselves); let the runserver
+    reloader's serving child stop cleanly."""
     request_started.connect(_on_request_started, dispatch_uid="eventbroker.contrib.django.start")
     if (
         threading.current_thread() is threading.main_thread()
         and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     ):
         signal.signal(signal.SIGTERM, _on_sigterm)
+    _let_the_reloader_child_stop()
+
+
+CHILD_STOP_WAIT = 30.0
+"""How long the runserver reloader's parent waits for its child to stop before killing it."""
+
+
+def _let_the_reloader_child_stop() -> None:
+    """Django's runserver reloader parent SIGKILLs its serving child when Ctrl+C or SIGTERM
+    reaches the parent (`subprocess.run` kills on any exception), so the child never deletes
+    its subscription: the stale subscriptions of issue 9. In the parent (never in the child, in
+    which RUN_MAIN is "true"), run the child so that it may stop: on Ctrl+C (which the child
+    got too) wait for it; on SIGTERM pass it on and wait; a second Ctrl+C kills it."""
+    from django.utils import autoreload
+
+    variable = getattr(autoreload, "DJANGO_AUTORELOAD_ENV", None)
+    child_arguments = getattr(autoreload, "get_child_arguments", None)
+    if variable is None or child_arguments is None or os.environ.get(variable) == "true":
+        return
+    if getattr(autoreload.restart_with_reloader, "_eventbroker", False):
+        return
+
+    def restart_with_reloader() -> int:
+        environ = {**os.environ, variable: "true"}
+        arguments = child_arguments()
+        while True:
+            child = subprocess.Popen(arguments, env=environ, close_fds=False)
+            try:
+                code = child.wait()
+            except BaseException as exc:
+                _stop_child(child, forward=not isinstance(exc, KeyboardInterrupt))
+                raise
+            if code != 3:  # 3: reload after a code change
+                return code
+
+    restart_with_reloader._eventbroker = True  # type: ignore[attr-defined]
+    autoreload.restart_with_reloader = restart_with_reloader
+
+
+def _stop_child(child: subprocess.Popen[bytes], *, forward: bool) -> None:
+    try:
+        if forward and child.poll() is None:
+            child.send_signal(signal.SIGTERM)  # Django's child exits cleanly on SIGTERM
+        child.wait(CHILD_STOP_WAIT)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        child.kill()
+        child.wait()
 
 
 def status_code(health: Health) -> int:
