@@ -105,7 +105,9 @@ def test_a_cache_whose_redis_is_down_makes_health_degraded_200() -> None:
         status, body = _health(client)
     assert status == 200
     assert body["status"] == "degraded"
-    assert "cache 'default': distributed cache (Redis 127.0.0.1:1) unreachable" in body["reasons"][0]
+    assert (
+        "cache 'default': distributed cache (Redis 127.0.0.1:1) unreachable" in body["reasons"][0]
+    )
 
 
 @override_settings(

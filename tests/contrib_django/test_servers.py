@@ -154,7 +154,9 @@ def test_management_commands_create_no_subscription(bus: LoopbackServiceBus, pre
     env = _env(bus, prefix)
     check = _django("check", env=env)
     assert check.returncode == 0, check.stderr
-    shell = _django("shell", "-c", "from django.core.cache import cache; cache.set('k', 1)", env=env)
+    shell = _django(
+        "shell", "-c", "from django.core.cache import cache; cache.set('k', 1)", env=env
+    )
     assert shell.returncode == 0, shell.stderr
     assert "without a running event broker" in shell.stderr  # told, once
     assert bus.subscription_names(TOPIC) == []
