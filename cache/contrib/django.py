@@ -55,7 +55,7 @@ except ImportError as exc:  # pragma: no cover - the django extra is missing
 from .._backplane import Backplane
 from .._distributed import DistributedCache, describe
 from .._errors import DistributedCacheError
-from .._health import Health
+from .._health import Health, HealthStatus
 from .._hybrid import HybridCache, MaybeValue
 from .._options import CacheOptions, EntryOptions
 from .._redact import redact_text
@@ -288,7 +288,7 @@ class _Shared:
         """The `HybridCache`'s health, DEGRADED too while entries fail the signature check."""
         health = self.hybrid.health()
         rejected = self.rejections.last_period()
-        if not rejected or health.status.value == "down":
+        if not rejected or health.status is HealthStatus.DOWN:
             return health
         reason = (
             f"{rejected} Redis entr{'y' if rejected == 1 else 'ies'} failed the signature check "

@@ -203,3 +203,35 @@ def test_a_write_on_one_server_is_fresh_on_the_other(bus: LoopbackServiceBus, pr
     finally:
         first.kill()
         second.kill()
+
+
+def test_a_jobs_instance_runs_until_sigterm_and_deletes_its_subscription(
+    bus: LoopbackServiceBus, prefix: str, tmp_path: Path
+) -> None:
+    env = _env(bus, prefix) | {
+        "EVENTBROKER_RUN_JOBS": "true",
+        "EVENTBROKER_SCHEDULER": "tests.contrib_django.site.jobs.build_scheduler",
+        "TEST_JOBS_FOLDER": str(tmp_path),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "django", "eventbroker_run", SETTINGS],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert "event broker running with the job scheduler" in line, process.stderr
+        assert len(bus.subscription_names(TOPIC)) == 1
+        assert (tmp_path / "jobs.sqlite3").exists()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        assert "event broker stopped" in process.stdout.read()
+        assert bus.subscription_names(TOPIC) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
