@@ -82,16 +82,30 @@ _MAGIC = b"DJ1"
 _MAC_SIZE = hashlib.sha256().digest_size
 _KEY_CONTEXT = b"cache.contrib.django.HybridCacheBackend signing key"
 _monotonic = time.monotonic  # tests replace it to move the report window
+_MISSING: Any = object()
 
 
 # ------------------------------------------------------------------------------------------
 # What L2 holds: the HybridCache entry (header + pickled bytes) behind an HMAC.
 
 
-class _Rejections:
-    """Counts entries that failed the signature check; logs at most once per `REPORT_PERIOD`."""
+_SIGNATURE_FAILED = (
+    "L2 entry %r in %s failed the signature check (%s): treated as a miss, never unpickled; "
+    "%d more since the last report. Either instances use different SIGNING_KEYs (or "
+    "SECRET_KEYs), or something else writes to this Redis"
+)
+_UNPICKLING_FAILED = (
+    "cache entry %r in %s cannot be unpickled (%s): treated as a miss; %d more since the last "
+    "report. A class it holds was probably renamed or removed (a deploy): the entry is "
+    "recomputed by get_or_set or expires"
+)
 
-    def __init__(self) -> None:
+
+class _Reporter:
+    """Counts entries that could not be used; logs at most once per `REPORT_PERIOD`."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
         self.total = 0
         self._recent: collections.deque[float] = collections.deque(maxlen=100_000)
         self._last_report = -math.inf
@@ -109,15 +123,7 @@ class _Rejections:
             else:
                 self._suppressed += 1
         if report:
-            logger.warning(
-                "L2 entry %r in %s failed the signature check (%s): treated as a miss, never "
-                "unpickled; %d more since the last report. Either instances use different "
-                "SIGNING_KEYs (or SECRET_KEYs), or something else writes to this Redis",
-                key,
-                where,
-                why,
-                suppressed,
-            )
+            logger.warning(self.message, key, where, why, suppressed)
 
     def last_period(self) -> int:
         horizon = _monotonic() - REPORT_PERIOD
@@ -140,7 +146,7 @@ class _SignedStore:
         inner: DistributedCache,
         namespace: str,
         keys: Sequence[bytes],
-        rejections: _Rejections,
+        rejections: _Reporter,
     ) -> None:
         self.inner = inner
         self.namespace = namespace
@@ -230,7 +236,8 @@ class _Shared:
 
     def __init__(self, config: _Config, backplane: Backplane | None) -> None:
         self.config = config
-        self.rejections = _Rejections()
+        self.rejections = _Reporter(_SIGNATURE_FAILED)
+        self.undecodable = _Reporter(_UNPICKLING_FAILED)
         self.redis: Any = None
         store: DistributedCache | None = None
         if config.location:
@@ -287,21 +294,33 @@ class _Shared:
     def health(self) -> Health:
         """The `HybridCache`'s health, DEGRADED too while entries fail the signature check."""
         health = self.hybrid.health()
-        rejected = self.rejections.last_period()
-        if not rejected or health.status is HealthStatus.DOWN:
+        if health.status is HealthStatus.DOWN:
             return health
-        reason = (
-            f"{rejected} Redis entr{'y' if rejected == 1 else 'ies'} failed the signature check "
-            f"in the last {REPORT_PERIOD:g}s (treated as misses): give every instance the same "
-            "SIGNING_KEY (or SECRET_KEY), and let nothing else write under "
-            f"{self.config.namespace!r}"
-        )
-        return Health.from_reasons(health.component, degraded=[*health.reasons, reason])
+        reasons = list(health.reasons)
+        rejected = self.rejections.last_period()
+        if rejected:
+            reasons.append(
+                f"{_entries(rejected)} failed the signature check in the last "
+                f"{REPORT_PERIOD:g}s (treated as misses): give every instance the same "
+                "SIGNING_KEY (or SECRET_KEY), and let nothing else write under "
+                f"{self.config.namespace!r}"
+            )
+        undecodable = self.undecodable.last_period()
+        if undecodable:
+            reasons.append(
+                f"{_entries(undecodable)} could not be unpickled in the last "
+                f"{REPORT_PERIOD:g}s (treated as misses): a cached class was renamed or removed?"
+            )
+        return Health.from_reasons(health.component, degraded=reasons)
 
     def close(self) -> None:
         self.hybrid.close()
         if self.redis is not None:
             self.redis.close()
+
+
+def _entries(count: int) -> str:
+    return f"{count} entr{'y' if count == 1 else 'ies'}"
 
 
 _shared: dict[_Config, _Shared] = {}
@@ -503,9 +522,16 @@ class HybridCacheBackend(BaseCache):  # type: ignore[misc]
             )
         return shared.hybrid
 
-    @staticmethod
-    def _value(found: MaybeValue[bytes], default: Any) -> Any:
-        return _loads(found.value) if found.has_value and found.value is not None else default
+    def _value(self, made: str, found: MaybeValue[bytes], default: Any = _MISSING) -> Any:
+        """The unpickled value, or `default` when there is none or it cannot be unpickled."""
+        if not found.has_value or found.value is None:
+            return default
+        try:
+            return _loads(found.value)
+        except Exception as exc:  # a class renamed or removed since it was cached
+            why = redact_text(f"{type(exc).__name__}: {exc}")
+            self._shared.undecodable.add(made, why, f"cache {self._config.cache_options.name!r}")
+            return default
 
     def health(self) -> Health:
         """OK; DEGRADED while Redis is unreachable, the backplane is down or Redis entries fail
@@ -517,9 +543,8 @@ class HybridCacheBackend(BaseCache):  # type: ignore[misc]
     def get(self, key: Any, default: Any = None, version: int | None = None) -> Any:
         made = self.make_and_validate_key(key, version=version)
         shared = self._shared
-        return self._value(
-            shared.hybrid.try_get(made, shared.read_options, value_type=bytes), default
-        )
+        found = shared.hybrid.try_get(made, shared.read_options, value_type=bytes)
+        return self._value(made, found, default)
 
     def has_key(self, key: Any, version: int | None = None) -> bool:
         made = self.make_and_validate_key(key, version=version)
@@ -573,8 +598,9 @@ class HybridCacheBackend(BaseCache):  # type: ignore[misc]
         for key in keys:
             made = self.make_and_validate_key(key, version=version)
             item = shared.hybrid.try_get(made, shared.read_options, value_type=bytes)
-            if item.has_value:
-                found[key] = self._value(item, None)
+            value = self._value(made, item)
+            if value is not _MISSING:
+                found[key] = value
         return found
 
     def set_many(
@@ -593,15 +619,15 @@ class HybridCacheBackend(BaseCache):  # type: ignore[misc]
         made = self.make_and_validate_key(key, version=version)
         shared = self._shared
         found = shared.hybrid.try_get(made, shared.read_options, value_type=bytes)
-        new = self._incremented(key, found, delta)
+        new = self._incremented(key, self._value(made, found), delta)
         self._set(made, _dumps(new), DEFAULT_TIMEOUT)
         return new
 
-    @classmethod
-    def _incremented(cls, key: Any, found: MaybeValue[bytes], delta: int) -> Any:
-        if not found.has_value:
+    @staticmethod
+    def _incremented(key: Any, value: Any, delta: int) -> Any:
+        if value is _MISSING:
             raise ValueError(f"Key '{key}' not found")
-        return cls._value(found, None) + delta
+        return value + delta
 
     def get_or_set(
         self, key: Any, default: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
@@ -613,9 +639,15 @@ class HybridCacheBackend(BaseCache):  # type: ignore[misc]
         shared = self._shared
         if options is None:
             found = shared.hybrid.try_get(made, shared.read_options, value_type=bytes)
-            return self._value(found, None) if found.has_value else _call(default)
+            value = self._value(made, found)
+            return _call(default) if value is _MISSING else value
         hybrid = self._writing(shared)
-        return _loads(hybrid.get_or_set(made, lambda: _dumps(_call(default)), options))
+        data = hybrid.get_or_set(made, lambda: _dumps(_call(default)), options, value_type=bytes)
+        value = self._value(made, MaybeValue(True, data))
+        if value is _MISSING:  # cached before a class it holds was renamed: make it again
+            value = _call(default)
+            hybrid.set(made, _dumps(value), options)
+        return value
 
     def clear(self) -> None:
         """Remove this cache's keys: its L1 here and on every other instance, and its Redis keys
@@ -631,7 +663,7 @@ class HybridCacheBackend(BaseCache):  # type: ignore[misc]
         made = self.make_and_validate_key(key, version=version)
         shared = self._shared
         found = await shared.hybrid.try_get_async(made, shared.read_options, value_type=bytes)
-        return self._value(found, default)
+        return self._value(made, found, default)
 
     async def ahas_key(self, key: Any, version: int | None = None) -> bool:
         made = self.make_and_validate_key(key, version=version)
@@ -689,8 +721,9 @@ class HybridCacheBackend(BaseCache):  # type: ignore[misc]
         for key in keys:
             made = self.make_and_validate_key(key, version=version)
             item = await shared.hybrid.try_get_async(made, shared.read_options, value_type=bytes)
-            if item.has_value:
-                found[key] = self._value(item, None)
+            value = self._value(made, item)
+            if value is not _MISSING:
+                found[key] = value
         return found
 
     async def aset_many(
@@ -709,7 +742,7 @@ class HybridCacheBackend(BaseCache):  # type: ignore[misc]
         made = self.make_and_validate_key(key, version=version)
         shared = self._shared
         found = await shared.hybrid.try_get_async(made, shared.read_options, value_type=bytes)
-        new = self._incremented(key, found, delta)
+        new = self._incremented(key, self._value(made, found), delta)
         await self._aset(made, _dumps(new), DEFAULT_TIMEOUT)
         return new
 
@@ -723,13 +756,19 @@ class HybridCacheBackend(BaseCache):  # type: ignore[misc]
         shared = self._shared
         if options is None:
             found = await shared.hybrid.try_get_async(made, shared.read_options, value_type=bytes)
-            return self._value(found, None) if found.has_value else _call(default)
+            value = self._value(made, found)
+            return _call(default) if value is _MISSING else value
 
         async def load() -> bytes:
             return _dumps(_call(default))
 
         hybrid = self._writing(shared)
-        return _loads(await hybrid.get_or_set_async(made, load, options))
+        data: bytes = await hybrid.get_or_set_async(made, load, options, value_type=bytes)
+        value = self._value(made, MaybeValue(True, data))
+        if value is _MISSING:  # cached before a class it holds was renamed: make it again
+            value = _call(default)
+            await hybrid.set_async(made, _dumps(value), options)
+        return value
 
     async def aclear(self) -> None:
         await self._shared.clear_async()

@@ -14,9 +14,11 @@ import redis
 from django.core.cache import CacheKeyWarning, caches
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
+from hypothesis import given
+from hypothesis import strategies as st
 
 import cache.contrib.django as backend_module
-from cache import HealthStatus
+from cache import HealthStatus, MemoryDistributedCache
 from cache.contrib.django import HybridCacheBackend
 
 from .site.settings import REDIS_URL
@@ -165,7 +167,7 @@ def test_signature_failures_are_counted_logged_once_a_minute_and_degrade_health(
     assert "2 more since the last report" in reports[1].getMessage()
     health = cache.health()
     assert health.status is HealthStatus.DEGRADED
-    assert "1 Redis entry failed the signature check" in health.reasons[0]
+    assert "1 entry failed the signature check" in health.reasons[0]
     now[0] += 61
     assert cache.health().status is HealthStatus.OK
     assert cache._shared.rejections.total == 4
@@ -334,3 +336,61 @@ def test_aliases_with_the_same_store_share_one_memory_layer(prefix: str) -> None
         with override_settings(CACHES=config):
             caches["default"].clear()
         backend_module.close_caches()
+
+
+class Renamed:
+    """A cached class that a deploy renames (the test deletes it from this module)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Renamed)
+
+
+def test_an_entry_whose_class_is_gone_is_a_miss_not_an_error(
+    cache: HybridCacheBackend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache.set("gone", Renamed())
+    cache.set("counter", Renamed())
+    monkeypatch.delattr(__import__(__name__, fromlist=["Renamed"]), "Renamed")
+    assert cache.get("gone", "default") == "default"
+    assert cache.get_many(["gone", "other"]) == {}
+    assert cache.get_or_set("gone", lambda: "made again") == "made again"
+    assert cache.get("gone") == "made again"
+    with pytest.raises(ValueError, match="not found"):
+        cache.incr("counter")
+    reports = [r for r in caplog.records if "cannot be unpickled" in r.getMessage()]
+    assert len(reports) == 1  # then once a minute
+    assert cache.health().status is HealthStatus.DEGRADED
+    assert "could not be unpickled" in cache.health().reasons[0]
+
+
+async def test_an_entry_whose_class_is_gone_is_a_miss_async(
+    cache: HybridCacheBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await cache.aset("gone", Renamed())
+    monkeypatch.delattr(__import__(__name__, fromlist=["Renamed"]), "Renamed")
+    assert await cache.aget("gone", "default") == "default"
+    assert await cache.aget_or_set("gone", lambda: "made again") == "made again"
+    assert await cache.aget_many(["gone"]) == {"gone": "made again"}
+
+
+# ------------------------------------------------------------------ the signed store, any input
+
+
+@given(key=st.text(max_size=40), entry=st.binary(max_size=200), junk=st.binary(max_size=80))
+def test_the_signed_store_opens_what_it_sealed_and_nothing_else(
+    key: str, entry: bytes, junk: bytes
+) -> None:
+    rejections = backend_module._Reporter("%r %s %s %d")
+    store = backend_module._SignedStore(
+        MemoryDistributedCache(), "django:p:", [b"k" * 32], rejections
+    )
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        return  # check_key refuses such keys before any store sees them
+    sealed = store.seal(key, entry)
+    assert store.open(key, sealed) == entry
+    assert store.open(key + "x", sealed) is None  # bound to its key
+    assert store.open(key, junk) is None  # never raises
+    assert store.open(key, sealed[:-1] + bytes([sealed[-1] ^ 1])) is None
+    assert rejections.total == 3
