@@ -9,7 +9,7 @@ import django
 import pytest
 from django.conf import settings
 
-from .site import settings as site
+from .testsite import settings as site
 
 if not settings.configured:
     settings.configure(

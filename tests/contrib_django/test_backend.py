@@ -21,7 +21,7 @@ import cache.contrib.django as backend_module
 from cache import HealthStatus, MemoryDistributedCache
 from cache.contrib.django import HybridCacheBackend
 
-from .site.settings import REDIS_URL
+from .testsite.settings import REDIS_URL
 
 UNPICKLED: list[str] = []
 

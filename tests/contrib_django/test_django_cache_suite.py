@@ -15,7 +15,7 @@ from django.core.cache import caches
 from django.test import TestCase, override_settings
 
 from .django_cache_suite.base_tests import BaseCacheTests, caches_setting_for_tests
-from .site.settings import REDIS_URL
+from .testsite.settings import REDIS_URL
 
 BACKEND = {
     "BACKEND": "cache.contrib.django.HybridCacheBackend",

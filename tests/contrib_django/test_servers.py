@@ -24,11 +24,11 @@ import redis
 from eventbroker.testing import LoopbackServiceBus
 
 from ..cache.conftest import wait_until
-from .site.settings import REDIS_URL
+from .testsite.settings import REDIS_URL
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPIC = "django-site"
-SETTINGS = "--settings=tests.contrib_django.site.settings"
+SETTINGS = "--settings=tests.contrib_django.testsite.settings"
 
 pytestmark = pytest.mark.slow
 
@@ -210,7 +210,7 @@ def test_a_jobs_instance_runs_until_sigterm_and_deletes_its_subscription(
 ) -> None:
     env = _env(bus, prefix) | {
         "EVENTBROKER_RUN_JOBS": "true",
-        "EVENTBROKER_SCHEDULER": "tests.contrib_django.site.jobs.build_scheduler",
+        "EVENTBROKER_SCHEDULER": "tests.contrib_django.testsite.jobs.build_scheduler",
         "TEST_JOBS_FOLDER": str(tmp_path),
     }
     process = subprocess.Popen(

@@ -1,5 +1,5 @@
 """Settings of the test site: the pytest process (tests/contrib_django/conftest.py) and the
-server processes the tests start (``--settings=tests.contrib_django.site.settings``)."""
+server processes the tests start (``--settings=tests.contrib_django.testsite.settings``)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ INSTALLED_APPS = [
     "tests.contrib_django.django_cache_suite",
 ]
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
-ROOT_URLCONF = "tests.contrib_django.site.urls"
+ROOT_URLCONF = "tests.contrib_django.testsite.urls"
 MIDDLEWARE: list[str] = []
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 
