@@ -67,6 +67,19 @@ def test_the_first_request_starts_the_broker_and_health_says_ok() -> None:
     assert app.get_runtime() is runtime  # started once
 
 
+def test_an_unconfigured_transport_runs_on_the_hub_and_health_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("CONNECTION_STRING", "FULLY_QUALIFIED_NAMESPACE"):
+        monkeypatch.delenv(f"EVENTBROKER_SERVICEBUS_{name}", raising=False)
+    monkeypatch.delenv("EVENTBROKER_TRANSPORT", raising=False)
+    with override_settings(EVENTBROKER={}):
+        status, body = _health(Client())
+    assert status == 200
+    assert body["status"] == "degraded"
+    assert "in-process hub" in body["reasons"][0]
+
+
 @override_settings(EVENTBROKER={"TRANSPORT": "memory", "AUTOSTART": False})
 def test_without_autostart_requests_start_nothing() -> None:
     status, body = _health(Client())

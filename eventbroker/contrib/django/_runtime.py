@@ -41,6 +41,12 @@ _TRANSPORTS = ("memory", "servicebus")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _SECRET_CONTEXT = b"eventbroker.contrib.django broker secret"
+_HUB_ONLY = (
+    "no transport chosen and no Service Bus configured, so the event broker runs on the "
+    "in-process hub: other processes and instances are not told of this one's cache changes; "
+    "set EVENTBROKER_SERVICEBUS_CONNECTION_STRING (or _FULLY_QUALIFIED_NAMESPACE), or "
+    "EVENTBROKER['TRANSPORT'] = 'memory' if this is the only process"
+)
 
 
 def _flag(raw: Mapping[str, Any], name: str, env: Mapping[str, str], default: bool) -> bool:
@@ -98,6 +104,8 @@ class EventBrokerSettings:
     """The jobs role: this instance runs the job scheduler."""
     scheduler: str | None = None
     """Dotted path of ``build(registry) -> JobScheduler``."""
+    transport_defaulted: bool = False
+    """No transport named and no Service Bus configured: the in-process hub by default."""
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> EventBrokerSettings:
@@ -125,6 +133,7 @@ class EventBrokerSettings:
             ) from None
         servicebus = _section(raw, "SERVICEBUS")
         transport = raw.get("TRANSPORT") or env.get("EVENTBROKER_TRANSPORT", "").strip().lower()
+        defaulted = not transport
         if not transport:
             given = {"connection_string", "fully_qualified_namespace"} & set(servicebus) or {
                 "EVENTBROKER_SERVICEBUS_CONNECTION_STRING",
@@ -151,13 +160,21 @@ class EventBrokerSettings:
             autostart=_flag(raw, "AUTOSTART", env, True),
             run_jobs=run_jobs,
             scheduler=scheduler,
+            transport_defaulted=defaulted and transport == "memory",
         )
 
 
 class Runtime:
     """The broker, its registry and (jobs role) the scheduler this process runs."""
 
-    def __init__(self, broker: EventBroker, registry: EventRegistry, scheduler: Any) -> None:
+    def __init__(
+        self,
+        broker: EventBroker,
+        registry: EventRegistry,
+        scheduler: Any,
+        settings: EventBrokerSettings | None = None,
+    ) -> None:
+        self.settings = settings
         self.broker = broker
         self.registry = registry
         self.scheduler = scheduler
@@ -165,6 +182,8 @@ class Runtime:
 
     def health(self) -> list[Health]:
         parts = [self.broker.health()]
+        if self.settings is not None and self.settings.transport_defaulted:
+            parts.append(Health.from_reasons("eventbroker settings", degraded=[_HUB_ONLY]))
         if self.scheduler is not None:
             parts.append(self.scheduler.health())
         return parts
@@ -215,7 +234,9 @@ def _build(config: EventBrokerSettings) -> Runtime:
         assert config.scheduler is not None
         build: Callable[[EventRegistry], Any] = import_string(config.scheduler)
         scheduler = build(registry)
-    return Runtime(broker, registry, scheduler)
+    if config.transport_defaulted:
+        logger.warning(_HUB_ONLY)
+    return Runtime(broker, registry, scheduler, config)
 
 
 def _attach_caches(runtime: Runtime) -> None:
