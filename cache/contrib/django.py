@@ -265,7 +265,11 @@ class _Shared:
         self.read_options = _entry_options(config.entry_options, FOREVER)
 
     def clear(self) -> None:
-        self._clear_l2(lambda: self.redis.clear())
+        if self.redis is not None:
+            try:
+                self.redis.clear()
+            except DistributedCacheError as exc:
+                self._clear_failed(exc)
         self.hybrid.clear(allow_fail_safe=False)
 
     async def clear_async(self) -> None:
@@ -276,17 +280,10 @@ class _Shared:
                 self._clear_failed(exc)
         await self.hybrid.clear_async(allow_fail_safe=False)
 
-    def _clear_l2(self, clear: Callable[[], object]) -> None:
-        if self.redis is not None:
-            try:
-                clear()
-            except DistributedCacheError as exc:
-                self._clear_failed(exc)
-
     def _clear_failed(self, exc: Exception) -> None:
         logger.warning(
             "clear(): the Redis keys under %r could not be deleted (%s); this cache and the "
-            "other instances no longer serve them as fresh all the same",
+            "instances its backplane reaches serve none of them as fresh all the same",
             self.config.namespace,
             redact_text(str(exc)),
         )

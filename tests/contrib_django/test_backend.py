@@ -315,6 +315,27 @@ def test_a_bad_location_names_it_without_the_password(prefix: str) -> None:
     assert "redis://" in str(error.value)
 
 
+def test_clear_with_redis_down_logs_and_clears_memory(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with override_settings(CACHES=_caches(prefix, LOCATION="redis://127.0.0.1:1/0")):
+        backend = caches["default"]
+        backend.set("k", 1)
+        backend.clear()
+        assert backend.get("k") is None
+    backend_module.close_caches()
+    assert any("could not be deleted" in r.getMessage() for r in caplog.records)
+
+
+async def test_aclear_with_redis_down(prefix: str) -> None:
+    with override_settings(CACHES=_caches(prefix, LOCATION="redis://127.0.0.1:1/0")):
+        backend = caches["default"]
+        await backend.aset("k", 1)
+        await backend.aclear()
+        assert await backend.aget("k") is None
+    backend_module.close_caches()
+
+
 def test_an_empty_location_is_memory_only(prefix: str) -> None:
     with override_settings(CACHES=_caches(prefix, LOCATION="")):
         backend = caches["default"]
