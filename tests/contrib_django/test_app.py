@@ -182,7 +182,7 @@ def test_cache_writes_without_a_broker_warn_once(caplog: pytest.LogCaptureFixtur
 def test_settings_come_from_the_dict_over_the_environment() -> None:
     env = {
         "EVENTBROKER_APPLICATION_NAME": "from-env",
-        "EVENTBROKER_RUN_JOBS": "yes",
+        "JOBS_RUN_SCHEDULER": "yes",
         "EVENTBROKER_SCHEDULER": "tests.contrib_django.test_app.build_scheduler",
         "EVENTBROKER_SERVICEBUS_CONNECTION_STRING": "Endpoint=sb://x",
     }
@@ -208,7 +208,7 @@ def test_the_default_secret_is_derived_from_secret_key() -> None:
     ("setting", "env", "message"),
     [
         ({"RUN_JOB": True}, {}, "unknown keys 'RUN_JOB'"),
-        ({}, {"EVENTBROKER_RUN_JOBS": "maybe"}, "EVENTBROKER_RUN_JOBS='maybe' is not a boolean"),
+        ({}, {"JOBS_RUN_SCHEDULER": "maybe"}, "JOBS_RUN_SCHEDULER='maybe' is not a boolean"),
         ({"RUN_JOBS": "yes"}, {}, r"\['RUN_JOBS'\] must be True or False"),
         ({"RUN_JOBS": True}, {}, "no scheduler"),
         ({"TRANSPORT": "kafka"}, {}, "'servicebus' or 'memory'"),

@@ -209,7 +209,7 @@ def test_a_jobs_instance_runs_until_sigterm_and_deletes_its_subscription(
     bus: LoopbackServiceBus, prefix: str, tmp_path: Path
 ) -> None:
     env = _env(bus, prefix) | {
-        "EVENTBROKER_RUN_JOBS": "true",
+        "JOBS_RUN_SCHEDULER": "true",
         "EVENTBROKER_SCHEDULER": "tests.contrib_django.testsite.jobs.build_scheduler",
         "TEST_JOBS_FOLDER": str(tmp_path),
     }

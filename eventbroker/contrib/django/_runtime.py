@@ -49,8 +49,13 @@ _HUB_ONLY = (
 )
 
 
-def _flag(raw: Mapping[str, Any], name: str, env: Mapping[str, str], default: bool) -> bool:
-    variable = f"EVENTBROKER_{name}"
+JOBS_RUN_SCHEDULER = "JOBS_RUN_SCHEDULER"
+"""The jobs role's environment variable (the same as the Starlette integration's)."""
+
+
+def _flag(
+    raw: Mapping[str, Any], name: str, variable: str, env: Mapping[str, str], default: bool
+) -> bool:
     if name in raw:
         value = raw[name]
         if not isinstance(value, bool):
@@ -145,11 +150,12 @@ class EventBrokerSettings:
                 f"{SETTING}['TRANSPORT'] (or EVENTBROKER_TRANSPORT) must be 'servicebus' or "
                 f"'memory', got {transport!r}"
             )
-        run_jobs = _flag(raw, "RUN_JOBS", env, False)
+        run_jobs = _flag(raw, "RUN_JOBS", JOBS_RUN_SCHEDULER, env, False)
         scheduler = raw.get("SCHEDULER") or env.get("EVENTBROKER_SCHEDULER") or None
         if run_jobs and not scheduler:
             raise ImproperlyConfigured(
-                f"this instance has the jobs role (RUN_JOBS) but no scheduler: set "
+                f"this instance has the jobs role ({SETTING}['RUN_JOBS'] or "
+                f"{JOBS_RUN_SCHEDULER}) but no scheduler: set "
                 f"{SETTING}['SCHEDULER'] to the dotted path of a function build(registry) "
                 "returning a jobs.JobScheduler"
             )
@@ -157,7 +163,7 @@ class EventBrokerSettings:
             transport=transport,
             options=options,
             servicebus=servicebus,
-            autostart=_flag(raw, "AUTOSTART", env, True),
+            autostart=_flag(raw, "AUTOSTART", "EVENTBROKER_AUTOSTART", env, True),
             run_jobs=run_jobs,
             scheduler=scheduler,
             transport_defaulted=defaulted and transport == "memory",
@@ -349,7 +355,9 @@ def _cache_health() -> list[Health]:
 def _autostart() -> bool:
     raw = getattr(settings, SETTING, None) or {}
     try:
-        return _flag(raw, "AUTOSTART", os.environ, True) if isinstance(raw, Mapping) else True
+        if not isinstance(raw, Mapping):
+            return True
+        return _flag(raw, "AUTOSTART", "EVENTBROKER_AUTOSTART", os.environ, True)
     except ImproperlyConfigured:
         return True  # start() reports it
 
