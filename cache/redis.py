@@ -33,6 +33,9 @@ _EXPECTED = (
     "unix://[user:password@]/path/to/socket[?db=N]"
 )
 _DB_PATH = re.compile(r"/?(\d+/?)?")
+_SCAN_BATCH = 500
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+"""Characters SCAN's MATCH pattern treats specially: escaped in a key prefix."""
 _MAX_PX = 2**53
 """Longer TTLs (and infinity) are stored without expiry."""
 
@@ -167,6 +170,47 @@ class RedisDistributedCache:
     async def remove_async(self, key: str) -> None:
         with self._errors("DEL", key):
             await self._aclient().delete(self.key_prefix + key)
+
+    def clear(self) -> int:
+        """Delete every key under `key_prefix` (SCAN and UNLINK in batches; never FLUSHDB) and
+        return how many. Keys written meanwhile may survive. Refused without a `key_prefix`:
+        that would be every key of the database."""
+        pattern = self._prefix_pattern()
+        deleted = 0
+        with self._errors("SCAN/UNLINK", pattern):
+            batch: list[bytes] = []
+            for key in self._sync.scan_iter(match=pattern, count=_SCAN_BATCH):
+                batch.append(key)
+                if len(batch) >= _SCAN_BATCH:
+                    deleted += self._sync.unlink(*batch)
+                    batch.clear()
+            if batch:
+                deleted += self._sync.unlink(*batch)
+        return deleted
+
+    async def clear_async(self) -> int:
+        """`clear()` for asyncio code."""
+        pattern = self._prefix_pattern()
+        client = self._aclient()
+        deleted = 0
+        with self._errors("SCAN/UNLINK", pattern):
+            batch: list[bytes] = []
+            async for key in client.scan_iter(match=pattern, count=_SCAN_BATCH):
+                batch.append(key)
+                if len(batch) >= _SCAN_BATCH:
+                    deleted += await client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                deleted += await client.unlink(*batch)
+        return deleted
+
+    def _prefix_pattern(self) -> str:
+        if not self.key_prefix:
+            raise ValueError(
+                "RedisDistributedCache.clear() needs a key_prefix: without one it would delete "
+                "every key of the database; build the cache with key_prefix='app:'"
+            )
+        return _GLOB_SPECIAL.sub(r"\\\1", self.key_prefix) + "*"
 
     def close(self) -> None:
         """Close the sync client's connections. Asyncio clients are closed by `close_async()`

@@ -179,3 +179,41 @@ def test_infinite_fail_safe_keeps_the_value_without_expiry(
     failing.error = RuntimeError("db down")
     assert cache.get_or_set("forever", failing) == "v1"
     assert make_cache(options, distributed_cache=l2).get_or_set("forever", failing) == "v1"
+
+
+def test_clear_deletes_only_keys_under_the_prefix_even_with_glob_characters() -> None:
+    base = f"{RUN_PREFIX}clear:"
+    tricky = RedisDistributedCache(key_prefix=base + "a*[b]?\\:")
+    lookalike = RedisDistributedCache(key_prefix=base + "aX[b]?\\:")  # matches the unescaped glob
+    extended = RedisDistributedCache(key_prefix=base + "a*[b]?\\:more:")
+    try:
+        for index in range(1200):  # more than one SCAN/UNLINK batch
+            tricky.set(f"k{index}", b"v", 60)
+        lookalike.set("k", b"v", 60)
+        assert tricky.clear() == 1200
+        assert tricky.get("k0") is None
+        assert lookalike.get("k") == b"v"
+        extended.set("k", b"v", 60)  # under the prefix: cleared too (prefixes nest)
+        assert tricky.clear() == 1
+    finally:
+        lookalike.remove("k")
+        for cache in (tricky, lookalike, extended):
+            cache.close()
+
+
+async def test_clear_async(l2: RedisDistributedCache) -> None:
+    scoped = RedisDistributedCache(key_prefix=f"{RUN_PREFIX}clear-async:")
+    await scoped.set_async("a", b"1", 60)
+    await scoped.set_async("b", b"2", 60)
+    await l2.set_async("outside", b"3", 60)
+    assert await scoped.clear_async() == 2
+    assert await l2.get_async("outside") == b"3"
+    await scoped.close_async()
+    await l2.close_async()
+
+
+def test_clear_refuses_without_a_prefix() -> None:
+    whole_database = RedisDistributedCache()
+    with pytest.raises(ValueError, match="needs a key_prefix"):
+        whole_database.clear()
+    whole_database.close()
