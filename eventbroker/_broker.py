@@ -256,20 +256,22 @@ class EventBroker:
             self._started = False
             self._stopped = True
             _started_brokers.discard(self)
-            deadline = time.monotonic() + self.options.stop_timeout
-            budget = self.options.stop_timeout
+            timeout = self.options.stop_timeout
+            deadline = time.monotonic() + timeout
+            reserve = min(1.0, timeout / 5)  # for ending the threads
+            budget = timeout - reserve  # for the bye, the flush and the transport's stop
             try:
-                self._io.run(self._stop_on_loop(budget), timeout=budget + 0.5)
+                self._io.run(self._stop_on_loop(budget, timeout), timeout=budget + reserve / 2)
             except TimeoutError:
                 logger.warning(
                     "the broker loop did not finish stopping within stop_timeout=%.3g s "
                     "(a handler blocking it?): abandoned",
-                    budget,
+                    timeout,
                 )
             except Exception:
                 logger.exception("stopping the transport failed")
             finally:
-                self._shutdown_threads(max(0.1, deadline - time.monotonic()))
+                self._shutdown_threads(max(0.05, deadline - time.monotonic()))
 
     async def stop_async(self) -> None:
         """`stop()` for asyncio code."""
@@ -286,7 +288,7 @@ class EventBroker:
         if self.options.heartbeat_interval or self.options.heartbeat_idle_delay:
             self._send_heartbeat(HeartbeatKind.HELLO, self._clock())
 
-    async def _stop_on_loop(self, budget: float) -> None:
+    async def _stop_on_loop(self, budget: float, stop_timeout: float) -> None:
         if self._maintenance is not None:
             self._maintenance.cancel()
             self._maintenance = None
@@ -299,7 +301,7 @@ class EventBroker:
                 "the transport did not stop within stop_timeout=%.3g s: abandoned it "
                 "(unsent messages are lost; a Service Bus subscription is removed by "
                 "AutoDeleteOnIdle)",
-                budget,
+                stop_timeout,
             )
 
     def __enter__(self) -> EventBroker:
