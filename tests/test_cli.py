@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.core.credentials import AccessToken
 
+from eventbroker.servicebus import ServiceBusOptions
+from eventbroker.servicebus._admin import admin_client
 from eventbroker.testing import LoopbackServiceBus
 
 from .servicebus_support import free_port
@@ -428,3 +431,28 @@ def test_prune_keeps_a_subscription_accessed_recently_whatever_its_age(
         assert actions["oldhost-shop-0badc0de"][0] == "deleted"
         assert actions[live][0] == "kept" and "accessed" in actions[live][1]
         assert bus.subscription_names(TOPIC) == [live]
+
+
+def test_the_commands_admin_client_takes_a_sync_credential_for_a_namespace(
+    bus: LoopbackServiceBus,
+) -> None:
+    """With a managed identity the command reads the topic with azure-identity's sync
+    `DefaultAzureCredential` (here a stand-in: the loopback broker accepts any such token)."""
+    scopes: list[str] = []
+
+    class Credential:
+        def get_token(self, *wanted: str, **kwargs: Any) -> AccessToken:
+            scopes.extend(wanted)
+            return AccessToken("an-entra-id-token", int(time.time()) + 3600)
+
+    options = ServiceBusOptions(
+        fully_qualified_namespace="127.0.0.1",
+        administration_endpoint=bus.admin_endpoint,
+        topic=TOPIC,
+    )
+    client = admin_client(options, Credential())  # type: ignore[arg-type]
+    try:
+        assert client.get_topic(TOPIC).name == TOPIC
+    finally:
+        client.close()
+    assert scopes == ["https://servicebus.azure.net//.default"]
