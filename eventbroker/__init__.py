@@ -18,6 +18,7 @@ from ._args import (
     EventNotification,
     EventRaiseOption,
     EventReceivedEventArgs,
+    MessageRefusedEventArgs,
     MissedReason,
 )
 from ._broker import BrokerStats, EventBroker
@@ -52,6 +53,7 @@ __all__ = [
     "HubFaults",
     "InMemoryHub",
     "InMemoryTransport",
+    "MessageRefusedEventArgs",
     "MissedReason",
     "PublishError",
     "Rejection",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -70,3 +71,18 @@ class EventMissedEventArgs:
     first_sequence: int | None = None
     last_sequence: int | None = None
     """The missing range, inclusive (None for a reconnect)."""
+
+
+@attrs.frozen
+class MessageRefusedEventArgs:
+    """Passed to `EventBroker.message_refused` handlers: one incoming message was refused."""
+
+    reason: str
+    """The cause, as counted in `BrokerStats.rejected`: bad_signature, unknown_key, malformed, ..."""
+    description: str
+    """What was wrong, in words (never a secret)."""
+    sender: Mapping[str, str]
+    """What the message says of its sender (any of instance_id, host, application_name,
+    key_id): unverified for the causes found before the signature check; empty when unknown."""
+    received_at: float
+    """When it was refused (seconds since the epoch, the broker's clock)."""

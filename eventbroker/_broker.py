@@ -46,7 +46,13 @@ import attrs
 
 from cache._health import Health
 
-from ._args import EventMissedEventArgs, EventNotification, EventReceivedEventArgs, MissedReason
+from ._args import (
+    EventMissedEventArgs,
+    EventNotification,
+    EventReceivedEventArgs,
+    MessageRefusedEventArgs,
+    MissedReason,
+)
 from ._diagnostics import LogLimiter, RecentCounts
 from ._envelope import (
     Envelope,
@@ -165,6 +171,9 @@ class EventBroker:
         """Some events may have been lost: a sequence gap, a reconnect, a recreated subscription."""
         self.connection_changed: Signal[ConnectionState] = Signal("connection_changed")
         """The transport's connectivity (CONNECTED, DISCONNECTED, RECONNECTED, ...)."""
+        self.message_refused: Signal[MessageRefusedEventArgs] = Signal("message_refused")
+        """Incoming messages refused, with the cause (emitted for refusals only; plain handlers
+        run on the dispatcher thread, in order with received events)."""
         self._registry: EventRegistry | None = None
         self._send_lock = threading.Lock()
         self._sequence = 0
@@ -469,6 +478,7 @@ class EventBroker:
                     "replay",
                     f"sequence {envelope.sequence} of instance {source} was received before",
                     now,
+                    {"instance_id": source},
                 ),
             )
         self._presence.event(envelope, now)
@@ -487,6 +497,7 @@ class EventBroker:
                         f"param of event {envelope.event_id} does not fit "
                         f"{event.param_type!r}: {error}",
                         now,
+                        {"instance_id": source},
                     ),
                 )
         self._counts["dispatched"] += 1
@@ -546,13 +557,29 @@ class EventBroker:
     def _refuse(self, error: EnvelopeError, now: float) -> Rejection:
         if error.reason == "unknown_key" and {"instance_id", "key_id"} <= error.sender.keys():
             return self._unknown_key(error, now)
-        return self._reject(error.reason, error.description, now)
+        return self._reject(error.reason, error.description, now, error.sender)
 
-    def _reject(self, reason: str, description: str, now: float) -> Rejection:
+    def _reject(
+        self, reason: str, description: str, now: float, sender: Mapping[str, str] | None = None
+    ) -> Rejection:
         self._rejected[reason] += 1
         self._recent.add(reason, now)
         self._log.warn(reason, "dropped an incoming message (%s): %s", reason, description)
+        self._tell_refused(reason, description, sender, now)
         return Rejection(reason, description)
+
+    def _tell_refused(
+        self, reason: str, description: str, sender: Mapping[str, str] | None, now: float
+    ) -> None:
+        """Emit `message_refused` when someone listens (on the broker loop; never raises)."""
+        signal = self.message_refused
+        if not (signal._sync or signal._async):
+            return
+        try:
+            args = MessageRefusedEventArgs(reason, description, dict(sender or {}), now)
+            self._dispatch(asyncio.get_running_loop(), [(signal, args)])
+        except Exception as exc:
+            logger.debug("emitting message_refused failed: %s", exc)
 
     def _unknown_key(self, error: EnvelopeError, now: float) -> Rejection:
         """A peer signs with a key this instance lacks: almost always a secret mismatch."""
@@ -576,6 +603,7 @@ class EventBroker:
             "see docs/eventbroker.md)",
             detail,
         )
+        self._tell_refused("unknown_key", error.description, sender, now)
         return Rejection("unknown_key", error.description)
 
     def _delivery_failed(self, exc: Exception) -> Rejection:
@@ -590,7 +618,9 @@ class EventBroker:
             exc,
             exc_info=exc,
         )
-        return Rejection("delivery_failed", f"{type(exc).__name__}: {exc}")
+        description = f"{type(exc).__name__}: {exc}"
+        self._tell_refused("delivery_failed", description, None, now)
+        return Rejection("delivery_failed", description)
 
     def _dispatch(
         self, loop: asyncio.AbstractEventLoop, emissions: list[tuple[Signal[Any], Any]]

@@ -36,12 +36,16 @@ class InstanceInfo:
     """Its presence heartbeat interval (0: it sends none; None: unknown)."""
     summary: Mapping[str, Any] | None = None
     """The small counter summary its last heartbeat carried, if any."""
+    heartbeat_lag: float | None = None
+    """Seconds from the send time of its last heartbeat to its arrival here (delivery delay
+    plus the difference of the two clocks); None before a heartbeat arrived."""
 
 
 class _Record:
     __slots__ = (
         "application_name",
         "heartbeat_interval",
+        "heartbeat_lag",
         "host",
         "instance_id",
         "last_seen",
@@ -61,6 +65,7 @@ class _Record:
         self.last_sequence: int | None = None
         self.heartbeat_interval: float | None = None
         self.summary: Mapping[str, Any] | None = None
+        self.heartbeat_lag: float | None = None
 
     def info(self) -> InstanceInfo:
         return InstanceInfo(
@@ -73,6 +78,7 @@ class _Record:
             self.last_sequence,
             self.heartbeat_interval,
             self.summary,
+            self.heartbeat_lag,
         )
 
 
@@ -96,6 +102,7 @@ class Presence:
         record.host = heartbeat.host
         record.started_at = heartbeat.started_at
         record.last_seen = now
+        record.heartbeat_lag = now - heartbeat.sent_at
         if heartbeat.last_sequence > (record.last_sequence or 0):
             record.last_sequence = heartbeat.last_sequence
         record.heartbeat_interval = heartbeat.interval

@@ -15,7 +15,12 @@ from eventbroker.servicebus import (
     SubscriptionNameError,
 )
 from eventbroker.servicebus._backoff import Backoff
-from eventbroker.servicebus._naming import check_subscription_name, default_subscription_name
+from eventbroker.servicebus._naming import (
+    _clean,
+    check_subscription_name,
+    default_subscription_name,
+    is_default_subscription_name,
+)
 
 CONN = "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=app;SharedAccessKey=s3cr3tKEY="
 
@@ -163,6 +168,28 @@ def test_default_subscription_name_shape() -> None:
         "web-01.internal-shop-ab12cd34"
     )
     assert default_subscription_name("shop") != default_subscription_name("shop")
+
+
+@given(host=st.text(max_size=80), app=st.text(min_size=1, max_size=80))
+def test_every_default_name_is_recognised_as_its_applications(host: str, app: str) -> None:
+    name = default_subscription_name(app, host_name=host)
+    has_application_part = bool(_clean(app, 20))  # "!!!" leaves none: nothing to match
+    assert is_default_subscription_name(name, app) == has_application_part
+
+
+def test_names_set_by_hand_and_other_applications_are_not_recognised() -> None:
+    assert is_default_subscription_name("web-1-shop-0badc0de", "shop")
+    assert is_default_subscription_name("shop-0badc0de", "shop")
+    for name in (
+        "shop",
+        "shop-orders",
+        "web-1-shop-0BADC0DE",
+        "web-1-shop-0badc0de1",
+        "web-1-myshop-0badc0de",
+    ):
+        assert not is_default_subscription_name(name, "shop")
+    assert not is_default_subscription_name("web-1-billing-0badc0de", "shop")
+    assert not is_default_subscription_name("web-1-0badc0de", "!!!")  # no application part
 
 
 def test_backoff_doubles_caps_and_resets() -> None:

@@ -22,7 +22,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
@@ -33,7 +33,7 @@ from ._errors import ServiceBusStartError
 from ._options import ServiceBusOptions
 
 if TYPE_CHECKING:
-    from azure.core.credentials import AccessToken
+    from azure.core.credentials import AccessToken, TokenCredential
     from azure.core.credentials_async import AsyncTokenCredential
 
 _log = logging.getLogger(__name__)
@@ -80,10 +80,11 @@ class LoopBridgedCredential:
 
 def admin_client(
     options: ServiceBusOptions,
-    credential: AsyncTokenCredential | None = None,
+    credential: AsyncTokenCredential | TokenCredential | None = None,
     loop: asyncio.AbstractEventLoop | None = None,
 ) -> ServiceBusAdministrationClient:
-    """An administration client for `options`; ``credential`` and ``loop`` for the namespace path."""
+    """An administration client for `options`; for the namespace path, an async ``credential``
+    with the ``loop`` it runs on (the transport), or a sync one without a loop (the CLI)."""
     timeouts = {"connection_timeout": _CONNECT_TIMEOUT, "read_timeout": _READ_TIMEOUT}
     transport = (
         EndpointTransport(options.administration_endpoint, **timeouts)
@@ -100,8 +101,11 @@ def admin_client(
             options.connection_string, **kwargs
         )
     assert options.fully_qualified_namespace is not None
-    assert credential is not None and loop is not None
-    bridged = LoopBridgedCredential(credential, loop)
+    assert credential is not None
+    if loop is None:  # a sync credential
+        sync = cast("TokenCredential", credential)
+        return ServiceBusAdministrationClient(options.fully_qualified_namespace, sync, **kwargs)
+    bridged = LoopBridgedCredential(cast("AsyncTokenCredential", credential), loop)
     return ServiceBusAdministrationClient(options.fully_qualified_namespace, bridged, **kwargs)
 
 

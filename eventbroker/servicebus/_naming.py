@@ -44,3 +44,14 @@ def default_subscription_name(
     name = "-".join(part for part in (host, app, tail) if part)
     check_subscription_name(name)
     return name
+
+
+def is_default_subscription_name(name: str, application_name: str) -> bool:
+    """Whether `name` has the shape `default_subscription_name` gives `application_name`'s
+    instances (``<host>-<application>-<8 hex>``, host optional): the names `eventbroker
+    subscriptions prune` may delete."""
+    app = _clean(application_name, 20)
+    if not app:
+        return False
+    pattern = rf"(?:[A-Za-z0-9._-]+-)?{re.escape(app)}-[0-9a-f]{{8}}"
+    return re.fullmatch(pattern, name) is not None

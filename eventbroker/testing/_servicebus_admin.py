@@ -137,13 +137,13 @@ def _counts(entity: Entity | None) -> str:
     )
 
 
-def _common(props: EntityProperties, created: float) -> str:
+def _common(props: EntityProperties, created: float, accessed: float) -> str:
     stamp = _iso(created)
     return (
         f"<DefaultMessageTimeToLive>{_duration_text(props.default_message_time_to_live)}"
         "</DefaultMessageTimeToLive>"
         f"<CreatedAt>{stamp}</CreatedAt><UpdatedAt>{stamp}</UpdatedAt>"
-        f"<AccessedAt>{stamp}</AccessedAt>"
+        f"<AccessedAt>{_iso(accessed)}</AccessedAt>"
         f"<AutoDeleteOnIdle>{_duration_text(props.auto_delete_on_idle)}</AutoDeleteOnIdle>"
         "<Status>Active</Status><EntityAvailabilityStatus>Available</EntityAvailabilityStatus>"
         "<EnableBatchedOperations>true</EnableBatchedOperations>"
@@ -154,7 +154,7 @@ def _description(kind: str, target: Entity | Topic) -> str:
     if isinstance(target, Topic):
         size = sum(len(s.messages) for s in target.subscriptions.values())
         inner = (
-            _common(target.properties, target.created_at)
+            _common(target.properties, target.created_at, target.created_at)
             + "<MaxSizeInMegabytes>1024</MaxSizeInMegabytes>"
             + "<RequiresDuplicateDetection>false</RequiresDuplicateDetection>"
             + "<DuplicateDetectionHistoryTimeWindow>PT10M</DuplicateDetectionHistoryTimeWindow>"
@@ -168,7 +168,7 @@ def _description(kind: str, target: Entity | Topic) -> str:
     else:
         props = target.properties
         inner = (
-            _common(props, target.created_at)
+            _common(props, target.created_at, target.last_activity)  # receives, sends, settles
             + f"<LockDuration>{_duration_text(props.lock_duration)}</LockDuration>"
             + "<RequiresSession>false</RequiresSession>"
             + "<DeadLetteringOnMessageExpiration>"
