@@ -27,6 +27,7 @@ from cache import CacheOptions, EntryOptions
 from cache._settings import HIDDEN, INTEGER, EnvField, EnvSettings, env_fields, read_variable
 from eventbroker import EventBrokerOptions
 from eventbroker.contrib._services import ServicesSettings
+from eventbroker.contrib.django import DjangoSettings
 from eventbroker.servicebus import ServiceBusConfigurationError, ServiceBusOptions
 from jobs import SchedulerOptions
 from samples.inventory._settings import InventorySettings
@@ -78,6 +79,8 @@ def test_every_options_class_uses_the_mechanism() -> None:
         "EntryOptions",
         "SchedulerOptions",
         "InventorySettings",
+        "ServicesSettings",
+        "DjangoSettings",
     }
     assert expected <= names
 
@@ -199,6 +202,7 @@ _SAMPLES: dict[str, tuple[str, Any]] = {
     "eager_refresh_threshold": ("0.5", 0.5),
     "database_url": ("postgresql://app:pw@db/inventory", "postgresql://app:pw@db/inventory"),
     "jobs_store": ("postgresql://app:pw@db/jobs", "postgresql://app:pw@db/jobs"),
+    "transport": ("MEMORY", "memory"),
 }
 
 
@@ -369,6 +373,7 @@ DOCUMENTED_IN = {
     SchedulerOptions: ["README.md", "docs/jobs.md"],
     InventorySettings: ["README.md", "docs/inventory-sample.md"],
     ServicesSettings: ["README.md", "docs/starlette.md"],
+    DjangoSettings: ["README.md", "docs/django.md"],
 }
 
 
@@ -387,6 +392,8 @@ ALLOWED_ENVIRON = {
     "cache/_settings.py",  # the one place settings are read
     "samples/inventory/_multiprocess.py",  # copies the environment into child processes
     "samples/inventory/_roles.py",  # copies the environment into child processes
+    # Django's reloader marker (RUN_MAIN) and the environment copied into the serving child
+    "eventbroker/contrib/django/_reloader.py",
 }
 
 

@@ -23,6 +23,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from cache import HybridCache
+from cache.eventbroker_backplane import EventBrokerBackplane
 from eventbroker import (
     ConnectionState,
     EventBroker,
@@ -235,6 +236,88 @@ def test_jobs_role_settings_errors_name_the_variable(tmp_path: Path) -> None:
         AppServices.build(jobs=[CountingJob(None)], environ={**ENV, "JOBS_RUN_SCHEDULER": "maybe"})
     with pytest.raises(ValueError, match=r"the jobs role is on .* but no jobs were given"):
         AppServices.build(environ={**ENV, "JOBS_RUN_SCHEDULER": "on"})
+
+
+def test_the_scheduler_may_be_a_function_of_the_registry_called_on_the_jobs_role_only(
+    tmp_path: Path,
+) -> None:
+    made: list[EventRegistry] = []
+
+    def build(registry: EventRegistry) -> JobScheduler:
+        made.append(registry)
+        return JobScheduler(store=tmp_path / "jobs.sqlite3", registry=registry)
+
+    off = AppServices.build(caches=(), scheduler=build, run_jobs=False, environ=ENV)
+    assert off.scheduler is None and made == []
+    on = AppServices.build(caches=(), scheduler=build, run_jobs=True, environ=ENV)
+    assert made == [on.registry]
+    assert isinstance(on.scheduler, JobScheduler)
+    with on:
+        assert on.scheduler.health().is_ok
+    assert not on.scheduler.health().is_ok
+
+
+def test_caches_built_later_get_the_backplane_once_the_broker_runs_and_lose_it_before_it_stops(
+    tmp_path: Path,
+) -> None:
+    """`attach_backplane` serves caches built outside, lazily (Django's cache framework): it is
+    called with a backplane factory after the broker started and before the scheduler starts,
+    and with None after the scheduler stopped and before the broker stops (sync and async)."""
+    seen: list[tuple[str, bool, bool]] = []
+    services: list[AppServices] = []
+
+    def attach(factory: Any) -> None:
+        current = services[-1]
+        assert current.scheduler is not None
+        if factory is not None:
+            backplane = factory()
+            assert isinstance(backplane, EventBrokerBackplane)
+            assert backplane.broker is current.broker
+        seen.append(
+            (
+                "attach" if factory is not None else "detach",
+                current.broker.is_started,
+                current.scheduler.health().is_ok,
+            )
+        )
+
+    def build() -> AppServices:
+        services.append(
+            AppServices.build(
+                caches=(),
+                jobs=[],
+                run_jobs=True,
+                jobs_store=str(tmp_path / f"jobs{len(services)}.sqlite3"),
+                attach_backplane=attach,
+                environ=ENV,
+            )
+        )
+        return services[-1]
+
+    with build():
+        assert seen == [("attach", True, False)]  # broker running, scheduler not yet
+    assert seen[1:] == [("detach", True, False)]  # scheduler stopped, broker not yet
+
+    seen.clear()
+    lifespan = EventBrokerLifespan(
+        caches=(),
+        jobs=[],
+        run_jobs=True,
+        attach_backplane=attach,
+        environ=ENV,
+        jobs_store=str(tmp_path / "lifespan.sqlite3"),
+    )
+    original = AppServices.build
+
+    def recording_build(**args: Any) -> AppServices:
+        services.append(original(**args))
+        return services[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AppServices, "build", staticmethod(recording_build))
+        with TestClient(app_with(lifespan)):
+            assert seen == [("attach", True, False)]
+    assert seen[1:] == [("detach", True, False)]
 
 
 def test_ready_objects_are_started_and_stopped_with_the_app() -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import attrs
 
-from cache import CacheOptions, Health, HealthStatus, HybridCache
+from cache import Backplane, CacheOptions, Health, HealthStatus, HybridCache
 from cache._redact import redact_text
 from cache._settings import EnvSettings, env, read_variable, url_repr
 from cache.eventbroker_backplane import EventBrokerBackplane
@@ -93,28 +93,45 @@ class AppServicesArgs(TypedDict, total=False):
     jobs: Iterable[ScheduledJob] | Callable[[EventRegistry], Iterable[ScheduledJob]]
     """The jobs of the scheduler built when the jobs role is on, or a function of the registry
     returning them (called only then)."""
-    scheduler: JobScheduler
-    """A ready scheduler (then not `jobs`); started only when the jobs role is on."""
+    scheduler: JobScheduler | Callable[[EventRegistry], JobScheduler]
+    """A ready scheduler (then not `jobs`), or a function of the registry returning one (called
+    only when the jobs role is on); started only when the jobs role is on."""
     jobs_store: str
     """The built scheduler's store. Default: ``JOBS_STORE``, else ``jobs.sqlite3``."""
     scheduler_options: SchedulerOptions
     """The built scheduler's options."""
+    attach_backplane: Callable[[Callable[[], Backplane] | None], None]
+    """For caches built outside, later and lazily (Django's cache framework builds its backends
+    at first use): called with a function making an `EventBrokerBackplane` on the broker once
+    the broker runs, and with None when stopping (after the scheduler, before the broker).
+    Django's is `cache.contrib.django.use_backplane`."""
     environ: Mapping[str, str]
     """Where settings are read from. Default: the process's environment."""
 
 
+def servicebus_configured(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether a Service Bus connection string or namespace is set in the environment."""
+    return any(read_variable(name, environ=environ) for name in _SERVICEBUS_VARIABLES)
+
+
+def servicebus_transport(environ: Mapping[str, str] | None = None, **options: Any) -> Transport:
+    """A Service Bus transport: `ServiceBusOptions.from_env(environ, **options)`; an import
+    error names the extra to install."""
+    try:
+        from eventbroker.servicebus import ServiceBusOptions, ServiceBusTransport
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            f"Service Bus is configured but its transport cannot be imported ({exc}): "
+            'pip install "eventbroker-cache[servicebus]"',
+            name=exc.name,
+        ) from exc
+    return ServiceBusTransport(ServiceBusOptions.from_env(environ, **options))
+
+
 def transport_from_env(environ: Mapping[str, str] | None = None) -> Transport:
     """Service Bus when a connection string or namespace is configured, else an in-memory hub."""
-    if any(read_variable(name, environ=environ) for name in _SERVICEBUS_VARIABLES):
-        try:
-            from eventbroker.servicebus import ServiceBusOptions, ServiceBusTransport
-        except ImportError as exc:
-            raise ModuleNotFoundError(
-                f"{' or '.join(_SERVICEBUS_VARIABLES)} is set but the Service Bus transport "
-                f'cannot be imported ({exc}): pip install "eventbroker-cache[servicebus]"',
-                name=exc.name,
-            ) from exc
-        return ServiceBusTransport(ServiceBusOptions.from_env(environ))
+    if servicebus_configured(environ):
+        return servicebus_transport(environ)
     logger.info(
         "no %s: events stay in this process (in-memory hub, local development)",
         " or ".join(_SERVICEBUS_VARIABLES),
@@ -179,6 +196,7 @@ class AppServices:
         registry: EventRegistry,
         caches: Mapping[str, HybridCache],
         scheduler: JobScheduler | None = None,
+        attach_backplane: Callable[[Callable[[], Backplane] | None], None] | None = None,
     ) -> None:
         self.broker = broker
         self.registry = registry
@@ -186,6 +204,7 @@ class AppServices:
         """The caches by name, in the order given."""
         self.scheduler = scheduler
         """The job scheduler; None when this instance does not have the jobs role."""
+        self._attach_backplane = attach_backplane
         self._lock = threading.Lock()
         self._started = False
         self._stop_steps: list[_StopStep] | None = None
@@ -242,7 +261,7 @@ class AppServices:
             for cache in built:
                 cache.close()
             raise
-        return cls(broker, registry, caches, scheduler)
+        return cls(broker, registry, caches, scheduler, args.get("attach_backplane"))
 
     @staticmethod
     def _build_cache(
@@ -283,7 +302,9 @@ class AppServices:
                 )
             return None
         ready = args.get("scheduler")
-        return ready if ready is not None else _build_scheduler(args, registry, settings)
+        if ready is None:
+            return _build_scheduler(args, registry, settings)
+        return ready(registry) if callable(ready) else ready
 
     # ---------------------------------------------------------------- access
 
@@ -301,9 +322,10 @@ class AppServices:
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
-        """Start the broker, then the scheduler (caches need no start). If a step fails, what
-        started is stopped again and the error raised. Returns while Service Bus is still
-        connecting (see `EventBrokerOptions.connect_timeout`)."""
+        """Start the broker, then attach the backplane (`attach_backplane`), then start the
+        scheduler (caches need no start). If a step fails, what started is stopped again and the
+        error raised. Returns while Service Bus is still connecting (see
+        `EventBrokerOptions.connect_timeout`)."""
         with self._lock:
             if self._started or self._stop_steps is not None:
                 raise RuntimeError("AppServices.start() was already called: build new services")
@@ -312,6 +334,8 @@ class AppServices:
         began = time.monotonic()
         try:
             self.broker.start()
+            if self._attach_backplane is not None:
+                self._attach_backplane(self._backplane)
             if self.scheduler is not None:
                 self.scheduler.start()
         except BaseException:
@@ -321,7 +345,8 @@ class AppServices:
             "started in %.2f s: %s, caches %s, job scheduler %s",
             time.monotonic() - began,
             self.broker,
-            ", ".join(repr(name) for name in self.caches) or "none",
+            ", ".join(repr(name) for name in self.caches)
+            or ("built outside" if self._attach_backplane is not None else "none"),
             "on" if self.scheduler is not None else "off (jobs role)",
         )
 
@@ -352,10 +377,23 @@ class AppServices:
                 logger.warning("stopping the %s failed", label, exc_info=True)
         logger.info("stopped in %.2f s", time.monotonic() - began)
 
+    def _backplane(self) -> Backplane:
+        return EventBrokerBackplane(self.registry, self.broker)
+
     def _steps(self) -> list[_StopStep]:
         steps: list[_StopStep] = []
         if self.scheduler is not None:
             steps.append(("job scheduler", self.scheduler.stop, self.scheduler.stop_async))
+        attach = self._attach_backplane
+        if attach is not None:
+
+            def detach() -> None:
+                attach(None)
+
+            async def detach_async() -> None:
+                await asyncio.to_thread(detach)
+
+            steps.append(("backplane of the lazily built caches", detach, detach_async))
         steps += [
             (f"cache {name!r}", cache.close, cache.close_async)
             for name, cache in reversed(self.caches.items())
@@ -434,7 +472,18 @@ def health_report(services: AppServices | None) -> dict[str, Any]:
     """The JSON body of a health endpoint: the combined status, every reason (prefixed by its
     component) and each component's own report; URLs and secret ``name=value`` pairs are
     redacted whatever a component put in its reasons."""
-    parts = [NOT_STARTED] if services is None else services.health_parts()
+    return report_of([NOT_STARTED] if services is None else services.health_parts())
+
+
+def http_status(report: Mapping[str, Any]) -> int:
+    """The HTTP status of a health report: 200 when OK or DEGRADED (the instance serves), 503
+    when DOWN."""
+    return 503 if report["status"] == HealthStatus.DOWN.value else 200
+
+
+def report_of(parts: Iterable[Health]) -> dict[str, Any]:
+    """`health_report` of the components' health `parts`."""
+    parts = list(parts)
     combined = Health.combine(*parts)
     return {
         "status": combined.status.value,

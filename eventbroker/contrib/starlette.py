@@ -52,6 +52,7 @@ from ._services import (
     AppServices,
     AppServicesArgs,
     health_report,
+    http_status,
     transport_from_env,
 )
 
@@ -149,7 +150,7 @@ def _health_response(services: AppServices | None) -> JSONResponse:
     report = health_report(services)
     return JSONResponse(
         report,
-        status_code=503 if report["status"] == "down" else 200,
+        status_code=http_status(report),
         headers={"Cache-Control": "no-store"},
     )
 

@@ -65,6 +65,9 @@ def test_the_first_request_starts_the_broker_and_health_says_ok() -> None:
     assert caches["default"]._shared.has_backplane
     Client().get("/health/")
     assert app.get_runtime() is runtime  # started once
+    app.stop()
+    assert not runtime.broker.is_started
+    assert not caches["default"]._shared.has_backplane  # detached before the broker stopped
 
 
 def test_an_unconfigured_transport_runs_on_the_hub_and_health_says_so(
@@ -196,6 +199,25 @@ def test_settings_come_from_the_dict_over_the_environment() -> None:
     assert app.EventBrokerSettings.load({}).transport == "memory"
 
 
+def test_each_key_of_the_dict_wins_over_its_variable() -> None:
+    env = {
+        "EVENTBROKER_TRANSPORT": "ServiceBus",
+        "EVENTBROKER_AUTOSTART": "off",
+        "EVENTBROKER_SCHEDULER": "from.the.environment",
+    }
+    own = app.DjangoSettings.from_settings({}, env)
+    assert (own.transport, own.autostart, own.scheduler) == (
+        "servicebus",
+        False,
+        "from.the.environment",
+    )
+    own = app.DjangoSettings.from_settings({"TRANSPORT": "memory", "AUTOSTART": True}, env)
+    assert (own.transport, own.autostart) == ("memory", True)
+    own = app.DjangoSettings.from_settings({"SCHEDULER": None}, env)  # None: unset
+    assert own.scheduler == "from.the.environment"
+    assert app.DjangoSettings.from_settings({}, {}) == app.DjangoSettings()
+
+
 def test_the_default_secret_is_derived_from_secret_key() -> None:
     first, second = app.EventBrokerSettings.load({}), app.EventBrokerSettings.load({})
     assert first.options.secret == second.options.secret
@@ -209,7 +231,11 @@ def test_the_default_secret_is_derived_from_secret_key() -> None:
     [
         ({"RUN_JOB": True}, {}, "unknown keys 'RUN_JOB'"),
         ({}, {"JOBS_RUN_SCHEDULER": "maybe"}, "JOBS_RUN_SCHEDULER='maybe' is not a boolean"),
-        ({"RUN_JOBS": "yes"}, {}, r"\['RUN_JOBS'\] must be True or False"),
+        ({}, {"EVENTBROKER_AUTOSTART": "2"}, "EVENTBROKER_AUTOSTART='2' is not a boolean"),
+        ({}, {"EVENTBROKER_TRANSPORT": "kafka"}, "EVENTBROKER_TRANSPORT='kafka' is not valid"),
+        ({"RUN_JOBS": "yes"}, {}, r"^EVENTBROKER\['RUN_JOBS'\] must be True or False"),
+        ({"AUTOSTART": 1}, {}, r"^EVENTBROKER\['AUTOSTART'\] must be True or False, got 1"),
+        ({"SCHEDULER": ["a.b"]}, {}, r"^EVENTBROKER\['SCHEDULER'\] must be a dotted path"),
         ({"RUN_JOBS": True}, {}, "no scheduler"),
         ({"TRANSPORT": "kafka"}, {}, "'servicebus' or 'memory'"),
         ({"OPTIONS": {"stop_timeout": -1}}, {}, "stop_timeout"),

@@ -12,18 +12,11 @@ parent): the first request of a serving process starts the broker; `start()` sta
 process that serves no request. Needs the ``django`` extra. See docs/django.md.
 """
 
-from ._runtime import (
-    EventBrokerSettings,
-    Runtime,
-    get_runtime,
-    health,
-    health_parts,
-    hub,
-    start,
-    stop,
-)
+from ._runtime import Runtime, get_runtime, health, health_parts, hub, start, stop
+from ._settings import DjangoSettings, EventBrokerSettings
 
 __all__ = [
+    "DjangoSettings",
     "EventBrokerSettings",
     "Runtime",
     "get_runtime",

@@ -37,7 +37,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {
-        "eventbroker.contrib.django": {"handlers": ["console"], "level": "INFO"},
+        "eventbroker.contrib": {"handlers": ["console"], "level": "INFO"},
         "cache.contrib.django": {"handlers": ["console"], "level": "WARNING"},
     },
 }
