@@ -368,6 +368,12 @@ def _read(cls: type[Any], field: EnvField, text: str, error: type[ValueError]) -
     return value
 
 
+def process_environ() -> Mapping[str, str]:
+    """The process's environment: for code that passes settings on as a whole (a command line
+    that adjusts some of them for its own broker); read single settings with `read_variable`."""
+    return os.environ
+
+
 def read_variable(
     variable: str,
     parser: Parser = TEXT,

@@ -9,11 +9,12 @@ configuration, 3 Service Bus unreachable, 130 interrupted). docs/cli.md document
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
+
+from cache._settings import process_environ
 
 from ._common import (
     INTERRUPTED,
@@ -219,7 +220,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    env = os.environ if environ is None else environ
+    env = process_environ() if environ is None else environ
     args = build_parser().parse_args(argv)
     redactor = Redactor(env)
     configure_logging(args.verbose, redactor)
