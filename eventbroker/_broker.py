@@ -384,7 +384,6 @@ class EventBroker:
     def _publish_fields(self, fields: dict[str, Any]) -> None:
         """Sign an event's envelope and hand it to the transport (under `_send_lock`)."""
         body = self._codec.encode_fields(fields)
-        self.transport.publish(TransportMessage(body, fields["message_id"], self.instance_id))
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "send: event %s from raiser %s as message %s (%d bytes%s)",
@@ -394,6 +393,7 @@ class EventBroker:
                 len(body),
                 ", traced" if "trace" in fields else "",
             )
+        self.transport.publish(TransportMessage(body, fields["message_id"], self.instance_id))
 
     def _send_heartbeat(self, kind: HeartbeatKind, now: float) -> None:
         """Publish a control message carrying the last sequence number sent (never raises)."""
