@@ -643,3 +643,9 @@ except ImportError as exc:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert "pip install 'eventbroker-cache[otel]'" in out.stdout
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "100"])
+def test_a_bad_lag_sample_rate_is_refused_naming_it(bad: object) -> None:
+    with pytest.raises(ValueError, match="lag_samples_per_second"):
+        instrument(lag_samples_per_second=bad)  # type: ignore[arg-type]

@@ -126,16 +126,18 @@ def instrument(
 
     Instrumenting a component again replaces its earlier instrumentation.
     """
+    if lag_samples_per_second is not None and (
+        type(lag_samples_per_second) is not int or lag_samples_per_second < 0
+    ):
+        raise ValueError(
+            f"lag_samples_per_second must be an int >= 0 (or None: every delivery), got "
+            f"{lag_samples_per_second!r}"
+        )
     meter_provider = meter_provider or metrics.get_meter_provider()
     tracer_provider = tracer_provider or trace.get_tracer_provider()
     tracer = tracer_provider.get_tracer(INSTRUMENTATION_NAME, _VERSION) if traces_enabled else None
     meters = _Meters.of(meter_provider) if metrics_enabled else None
     instrumentation = Instrumentation(meters)
-    if lag_samples_per_second is not None and lag_samples_per_second < 0:
-        raise ValueError(
-            f"lag_samples_per_second must be >= 0 (or None: every delivery), got "
-            f"{lag_samples_per_second!r}"
-        )
     if broker is not None:
         instrumentation._add_broker(broker, tracer, trace_new_raises, lag_samples_per_second)
     for cache in caches:
