@@ -478,9 +478,7 @@ def test_a_job_run_span_leads_to_the_invalidation_on_each_web_instance(
         cache.close()
 
 
-def test_a_failed_run_is_an_error_span_and_a_lost_lease_is_counted(
-    telemetry: list[Telemetry], tmp_path: Path
-) -> None:
+def test_a_failed_run_is_an_error_span(telemetry: list[Telemetry], tmp_path: Path) -> None:
     class Failing(ScheduledJob):
         id = uuid.UUID("0f7e1000-0000-4000-8000-0000000000a2")
         name = "Failing"
@@ -499,9 +497,33 @@ def test_a_failed_run_is_an_error_span_and_a_lost_lease_is_counted(
         span.status.description or ""
     )
     assert t.value("jobs.runs", jobs__run__outcome="failed") == 1
-    assert scheduler._telemetry is not None
-    scheduler._telemetry.lease_lost(Failing())
-    assert t.value("jobs.lease.losses", jobs__job__name="Failing") == 1
+
+
+def test_a_lost_lease_is_counted(telemetry: list[Telemetry], tmp_path: Path) -> None:
+    from jobs import SqliteJobStore
+
+    from ._jobs_helpers import BlockingJob
+    from .test_jobs_health import T0, ManualClock, make
+
+    clock = ManualClock(T0)
+    job_a, job_b = BlockingJob(), BlockingJob()
+    job_b.release.set()
+    a = make(SqliteJobStore(tmp_path / "farm.sqlite3"), job_a, clock, "a")
+    b = make(SqliteJobStore(tmp_path / "farm.sqlite3"), job_b, clock, "b")
+    t = Telemetry()
+    telemetry.append(t)
+    t.instrument(scheduler=a)
+    done = threading.Event()
+    a.on_finished(lambda run: done.set())
+    a.run_now(BlockingJob.id)
+    a.run_pending(wait=False)
+    assert job_a.started.wait(10)
+    clock.advance(31)  # a froze for longer than its lease: b reaps it
+    assert b.run_pending() == []
+    a.run_pending(wait=False)  # a wakes up: its renewal fails
+    assert done.wait(10)
+    assert t.value("jobs.lease.losses", jobs__job__name="Blocking") == 1
+    assert t.value("jobs.runs", jobs__run__outcome="stopped") == 1
 
 
 # -- cache metrics and spans ---------------------------------------------------------------------
