@@ -20,6 +20,7 @@ from ._health import Health, HealthStatus
 from ._hybrid import HybridCache, MaybeValue
 from ._options import CacheOptions, Duration, EntryOptions
 from ._serialization import DistributedEntry, JsonSerializer, Serializer
+from ._stats import CacheEventArgs, CacheEvents, CacheLevel, CacheStats
 
 __all__ = [
     "AutoRecoveryQueue",
@@ -30,7 +31,11 @@ __all__ = [
     "BackplaneMessageAction",
     "BackplaneSubscriptionOptions",
     "CacheError",
+    "CacheEventArgs",
+    "CacheEvents",
+    "CacheLevel",
     "CacheOptions",
+    "CacheStats",
     "CircuitBreaker",
     "DistributedCache",
     "DistributedCacheError",

@@ -152,9 +152,12 @@ class GuardedDistributedCache:
         self.inner = inner
         self.breaker = breaker
         self.description = describe(inner)
+        self.errors = 0
+        """Calls that failed (client-side refusals included)."""
 
     def _failed(self, op: str, key: str, exc: Exception) -> None:
         detail = redact_text(f"{type(exc).__name__}: {exc}")
+        self.errors += 1
         if isinstance(exc, CLIENT_SIDE_ERRORS):
             logger.warning(
                 "L2 %s of %r refused by the client (%s): a miss for this key only; the "

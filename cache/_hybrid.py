@@ -43,6 +43,8 @@ from ._memory import NEVER, Entry, MemoryCache
 from ._options import CacheOptions, EntryOptions
 from ._redact import redact_text
 from ._serialization import DistributedEntry, JsonSerializer, Serializer, decode_entry, encode_entry
+from ._signal import Signal
+from ._stats import CacheEventArgs, CacheEvents, CacheLevel, CacheStats, emit
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +126,7 @@ class _Publish(_Step):
         except Exception as exc:
             cache._publish_failed(self.message, self.options, exc)
         else:
-            cache._publish_succeeded()
+            cache._publish_succeeded(self.message)
 
     async def run_async(self, cache: HybridCache) -> None:
         assert cache._backplane is not None
@@ -133,7 +135,7 @@ class _Publish(_Step):
         except Exception as exc:
             cache._publish_failed(self.message, self.options, exc)
         else:
-            cache._publish_succeeded()
+            cache._publish_succeeded(self.message)
 
 
 @attrs.frozen
@@ -240,6 +242,31 @@ class _Flight:
         return self.future.result()
 
 
+class _Counts:
+    """The counters of `HybridCache.stats` but the L1 hits (kept apart so the cache object keeps
+    few attributes: CPython reads an object's first 30 attributes fastest)."""
+
+    __slots__ = (
+        "backplane_errors",
+        "backplane_received",
+        "backplane_sent",
+        "factory_calls",
+        "factory_errors",
+        "factory_timeouts",
+        "fail_safe_activations",
+        "l1_misses",
+        "l2_hits",
+        "l2_misses",
+        "stale_hits",
+    )
+
+    def __init__(self) -> None:
+        self.l1_misses = self.l2_hits = self.l2_misses = self.stale_hits = 0
+        self.fail_safe_activations = self.factory_calls = self.factory_errors = 0
+        self.factory_timeouts = self.backplane_sent = self.backplane_received = 0
+        self.backplane_errors = 0
+
+
 class _Retry:
     """The leader was cancelled: followers try again (one of them leads)."""
 
@@ -290,6 +317,14 @@ class HybridCache:
         self._clock = clock
         self._memory = MemoryCache(self.options.max_entries)
         self._l1 = self._memory.entries
+        self._hit_watched = False
+        """Whether `events.hit` has handlers (read on the L1 hit path)."""
+        self.events = CacheEvents(self.options.name, self._hit_handlers_changed)
+        """FusionCache's events: hit, miss, stale_hit, fail_safe_activated, factory_error,
+        factory_timeout, eviction, backplane_message_received (`subscribe(handler)`)."""
+        self._memory.on_evict = self._evicted
+        self._l1_hits = 0  # the L1 hit path's counter; the others are in `_counts`
+        self._counts = _Counts()
         self._default_options = self.options.default_entry_options
         self._serializer: Serializer = serializer if serializer is not None else JsonSerializer()
         self._l2: GuardedDistributedCache | None = None
@@ -406,6 +441,28 @@ class HybridCache:
         """True once `close()` or `close_async()` was called."""
         return self._closed
 
+    @property
+    def stats(self) -> CacheStats:
+        """The counters so far (a snapshot): hits and misses by level, stale values served,
+        factory calls, errors and timeouts, evictions, backplane messages, L2 errors."""
+        counts = self._counts
+        return CacheStats(
+            l1_hits=self._l1_hits,
+            l1_misses=counts.l1_misses,
+            l2_hits=counts.l2_hits,
+            l2_misses=counts.l2_misses,
+            stale_hits=counts.stale_hits,
+            fail_safe_activations=counts.fail_safe_activations,
+            factory_calls=counts.factory_calls,
+            factory_errors=counts.factory_errors,
+            factory_timeouts=counts.factory_timeouts,
+            evictions=self._memory.evictions,
+            backplane_sent=counts.backplane_sent,
+            backplane_received=counts.backplane_received,
+            backplane_errors=counts.backplane_errors,
+            l2_errors=0 if self._l2 is None else self._l2.errors,
+        )
+
     def health(self) -> Health:
         """OK; DEGRADED while the distributed cache is unreachable, the backplane is
         disconnected or messages wait in the auto-recovery queue; DOWN once closed. Reads
@@ -482,7 +539,9 @@ class HybridCache:
         return cast(T, await self._get_or_set_slow_async(key, factory, options, value_type))
 
     def _fresh_hit(self, key: str, options: EntryOptions | None) -> Any:
-        """The L1 hit path of both faces: no lock, no loop; `_MISS` unless fresh in L1."""
+        """The L1 hit path of both faces: no lock, no loop; `_MISS` unless fresh in L1.
+
+        Counts the hit (one int increment); events and stale values take `_l1_hit`."""
         try:
             entry = self._l1.get(key)
             if (
@@ -491,10 +550,56 @@ class HybridCache:
                 and (options is None or not options.skip_memory_cache)
             ):
                 self._l1.move_to_end(key)
+                if entry.stale or self._hit_watched:
+                    self._l1_hit(key, entry)
+                else:
+                    self._l1_hits += 1
                 return entry.value
         except (TypeError, KeyError):
             pass
         return _MISS
+
+    # ---------------------------------------------------------------- counting and events
+
+    def _hit_handlers_changed(self, watched: bool) -> None:
+        self._hit_watched = watched
+
+    def _l1_hit(self, key: str, entry: Entry) -> None:
+        self._l1_hits += 1
+        if entry.stale:
+            self._counts.stale_hits += 1
+            self._event(self.events.stale_hit, key, CacheLevel.L1)
+        else:
+            self._event(self.events.hit, key, CacheLevel.L1)
+
+    def _l1_miss(self, key: str) -> None:
+        self._counts.l1_misses += 1
+        logger.debug("cache %r: %r not fresh in L1", self.options.name, key)
+        self._event(self.events.miss, key, CacheLevel.L1)
+
+    def _l2_result(self, key: str, hit: bool) -> None:
+        if hit:
+            self._counts.l2_hits += 1
+        else:
+            self._counts.l2_misses += 1
+        logger.debug(
+            "cache %r: %r %s in L2", self.options.name, key, "found" if hit else "not fresh"
+        )
+        self._event(self.events.hit if hit else self.events.miss, key, CacheLevel.L2)
+
+    def _event(
+        self,
+        signal: Signal[CacheEventArgs],
+        key: str,
+        level: CacheLevel | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        if signal._sync or signal._async:
+            emit(signal, CacheEventArgs(self.options.name, key, level, error))
+
+    def _evicted(self, key: str) -> None:
+        logger.debug("cache %r: evicted %r from L1 (max_entries)", self.options.name, key)
+        self._event(self.events.eviction, key, CacheLevel.L1)
 
     def _peek_fresh(self, key: str, options: EntryOptions, now: float) -> tuple[Entry | None, bool]:
         """(entry, True) when L1 can answer now (eager refresh is due once `now >= refresh_at`);
@@ -523,10 +628,15 @@ class HybridCache:
         entry, fresh = self._peek_fresh(key, opts, now)
         if fresh:
             assert entry is not None
+            self._l1_hit(key, entry)
             if now >= entry.refresh_at:
+                logger.debug("cache %r: eager refresh of %r", self.options.name, key)
                 self._start_eager_refresh(key, factory, opts, value_type, loop)
             return entry.value, None, False
+        self._l1_miss(key)
         flight, leader = self._join_flight(key, loop)
+        if not leader:
+            logger.debug("cache %r: %r is loading already: waiting for it", self.options.name, key)
         return None, flight, leader
 
     def _get_or_set_slow(
@@ -731,24 +841,38 @@ class HybridCache:
 
         if self._l2 is not None and not opts.skip_distributed_cache:
             dist = self._from_l2(key, (yield _L2Get(key)), value_type)
-            if dist is not None:
-                if self._l2_is_fresh(dist, entry, now) and not (
-                    eager and entry is not None and dist.timestamp <= entry.timestamp
-                ):
-                    self._keep_from_l2(key, dist, now, opts)
-                    return dist.value
-                if opts.is_fail_safe_enabled and (
-                    fallback is None or dist.timestamp > fallback.timestamp
-                ):
-                    fallback = Entry.create(
-                        dist.value, dist.timestamp, now, opts, logical_expiration=now
-                    )
+            found = dist is not None and (
+                self._l2_is_fresh(dist, entry, now)
+                and not (eager and entry is not None and dist.timestamp <= entry.timestamp)
+            )
+            if not eager:  # an eager refresh is no caller's read
+                self._l2_result(key, found)
+            if found:
+                assert dist is not None
+                self._keep_from_l2(key, dist, now, opts)
+                return dist.value
+            if (
+                dist is not None
+                and opts.is_fail_safe_enabled
+                and (fallback is None or dist.timestamp > fallback.timestamp)
+            ):
+                fallback = Entry.create(
+                    dist.value, dist.timestamp, now, opts, logical_expiration=now
+                )
 
         timeout = opts.factory_hard_timeout
         if fallback is not None and opts.factory_soft_timeout is not None:
             timeout = opts.factory_soft_timeout
+        self._counts.factory_calls += 1
+        logger.debug(
+            "cache %r: calling the factory of %r (timeout %s)",
+            self.options.name,
+            key,
+            None if eager else timeout,
+        )
         outcome: _Outcome = yield _CallFactory(factory, None if eager else timeout)
         if outcome.error is None and outcome.pending is None:
+            logger.debug("cache %r: the factory of %r returned a value", self.options.name, key)
             yield from self._store(key, outcome.value, opts)
             return outcome.value
 
@@ -762,9 +886,21 @@ class HybridCache:
                 f"the factory for cache key {key!r} did not finish within the {which} timeout "
                 f"({timeout}s)"
             )
+            self._counts.factory_timeouts += 1
+            logger.debug("cache %r: %s", self.options.name, error)
+            self._event(self.events.factory_timeout, key, error=error)
         else:
             assert outcome.error is not None
             error = outcome.error
+            self._counts.factory_errors += 1
+            logger.debug(
+                "cache %r: the factory of %r raised %s: %s",
+                self.options.name,
+                key,
+                type(error).__name__,
+                error,
+            )
+            self._event(self.events.factory_error, key, error=error)
         if eager:
             logger.warning("eager refresh of %r failed (%s); keeping the current value", key, error)
             return _RETRY  # anyone who joined meanwhile loads the normal way
@@ -778,6 +914,10 @@ class HybridCache:
             )
             if not opts.skip_memory_cache:
                 self._memory.put(key, fallback.throttled(self._clock(), opts))
+            self._counts.fail_safe_activations += 1
+            self._counts.stale_hits += 1
+            self._event(self.events.fail_safe_activated, key, error=error)
+            self._event(self.events.stale_hit, key, CacheLevel.L1)
             return fallback.value
         if isinstance(error, FactoryTimeoutError):
             raise FactoryTimeoutError(
@@ -791,6 +931,13 @@ class HybridCache:
         now = self._clock()
         if not opts.skip_memory_cache:
             self._memory.put(key, Entry.create(value, now, now, opts))
+        writes_l2 = self._l2 is not None and not opts.skip_distributed_cache
+        logger.debug(
+            "cache %r: storing %r (L1%s)",
+            self.options.name,
+            key,
+            " and L2" if writes_l2 else "",
+        )
         if self._l2 is not None and not opts.skip_distributed_cache:
             duration = opts.distributed_cache_duration
             logical = opts.duration if duration is None else duration
@@ -828,12 +975,16 @@ class HybridCache:
         entry, fresh = self._peek_fresh(key, opts, now)
         if fresh:
             assert entry is not None
+            self._l1_hit(key, entry)
             return MaybeValue(True, entry.value)
+        self._l1_miss(key)
         if self._l2 is not None and not opts.skip_distributed_cache:
             dist = self._from_l2(key, (yield _L2Get(key)), value_type)
             if dist is not None and self._l2_is_fresh(dist, entry, now):
+                self._l2_result(key, True)
                 self._keep_from_l2(key, dist, now, opts)
                 return MaybeValue(True, dist.value)
+            self._l2_result(key, False)
         return MaybeValue(False)
 
     def _remove(self, key: str, opts: EntryOptions) -> _Gen[None]:
@@ -959,6 +1110,17 @@ class HybridCache:
         """Apply another instance's change to L1 (called from the backplane's thread)."""
         if message.source_id == self.instance_id:
             return
+        self._counts.backplane_received += 1
+        logger.debug(
+            "cache %r: backplane message %s for %r from %s",
+            self.options.name,
+            message.action.name,
+            message.cache_key,
+            message.source_id or "a publisher without a cache",
+        )
+        signal = self.events.backplane_message_received
+        if signal._sync or signal._async:
+            emit(signal, message)
         if not self._recovery.accept_incoming(message):
             logger.debug(
                 "ignored %s for %r: a newer local one is queued", message.action, message.cache_key
@@ -994,6 +1156,7 @@ class HybridCache:
     def _publish_failed(
         self, message: BackplaneMessage, options: EntryOptions, exc: Exception
     ) -> None:
+        self._counts.backplane_errors += 1
         if isinstance(exc, TypeError | ValueError):  # the message itself is bad: retry won't help
             logger.error(
                 "backplane refused %s for %r (%s); not queued",
@@ -1041,7 +1204,14 @@ class HybridCache:
         if len(self._recovery):
             self._schedule_retry()
 
-    def _publish_succeeded(self) -> None:
+    def _publish_succeeded(self, message: BackplaneMessage) -> None:
+        self._counts.backplane_sent += 1
+        logger.debug(
+            "cache %r: told the other instances %s for %r (backplane)",
+            self.options.name,
+            message.action.name,
+            message.cache_key,
+        )
         self._backplane_failing_since = None
         if len(self._recovery) and not self._replay_lock.locked():
             self._submit_replay()
@@ -1072,12 +1242,14 @@ class HybridCache:
                 try:
                     backplane.publish(item.message, item.options)
                 except Exception as exc:
+                    self._counts.backplane_errors += 1
                     self._recovery.put_back(items[index:])
                     self._backplane_failed(exc)
                     logger.info(
                         "auto-recovery paused after %d item(s): %s", index, _describe_error(exc)
                     )
                     return index
+                self._counts.backplane_sent += 1
             if items:
                 self._backplane_failing_since = None
                 logger.info("auto-recovery published %d queued message(s)", len(items))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from ._options import EntryOptions
@@ -25,6 +26,7 @@ class Entry:
         "logical_expiration",
         "physical_expiration",
         "refresh_at",
+        "stale",
         "timestamp",
         "value",
     )
@@ -37,6 +39,7 @@ class Entry:
         physical_expiration: float,
         refresh_at: float,
         invalidated_at: float = NEVER,
+        stale: bool = False,
     ) -> None:
         self.value = value
         self.timestamp = timestamp
@@ -48,6 +51,8 @@ class Entry:
         """A hit before this is served at once; later the slow path looks (eager refresh, stale)."""
         self.invalidated_at = invalidated_at
         """Marked stale by a message of this time: L2 values not newer are stale too."""
+        self.stale = stale
+        """A stale value served as fresh for a while by fail-safe (`throttled`)."""
 
     @classmethod
     def create(
@@ -87,6 +92,7 @@ class Entry:
             self.physical_expiration,
             min(self.refresh_at, now),
             max(self.invalidated_at, invalidated_at),
+            self.stale,
         )
 
     def throttled(self, now: float, options: EntryOptions) -> Entry:
@@ -99,6 +105,7 @@ class Entry:
             max(self.physical_expiration, until),
             until,
             self.invalidated_at,
+            stale=True,
         )
 
 
@@ -109,6 +116,10 @@ class MemoryCache:
     def __init__(self, max_entries: int) -> None:
         self.entries: OrderedDict[str, Entry] = OrderedDict()
         self.max_entries = max_entries
+        self.evictions = 0
+        """Entries dropped to stay within `max_entries`."""
+        self.on_evict: Callable[[str], None] | None = None
+        """Called with each evicted key (after the eviction)."""
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -127,7 +138,10 @@ class MemoryCache:
         try:
             entries.move_to_end(key)
             while len(entries) > self.max_entries:
-                entries.popitem(last=False)
+                evicted, _ = entries.popitem(last=False)
+                self.evictions += 1
+                if self.on_evict is not None:
+                    self.on_evict(evicted)
         except KeyError:  # raced with a concurrent removal: nothing to do
             pass
 

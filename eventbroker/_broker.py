@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures.thread  # registers its exit hook now, so ours (below) runs first
+import functools
 import logging
 import socket
 import threading
@@ -68,6 +69,7 @@ from ._options import EventBrokerOptions
 from ._presence import InstanceInfo, Presence
 from ._sequence import DedupWindow, SequenceTracker, Verdict
 from ._signal import Signal
+from ._telemetry import BrokerTelemetry, DeliveryScope
 from ._threads import Dispatcher, IoLoop
 from ._transport import ConnectionState, PublishError, Rejection, Transport, TransportMessage
 
@@ -201,6 +203,8 @@ class EventBroker:
         self._last_publish_at = 0.0
         self._last_heartbeat_at = 0.0
         self._unknown_key_detail: dict[str, str] = {}
+        self._telemetry: BrokerTelemetry | None = None
+        """Set by an instrumentation (``eventbroker.contrib.otel``): per-event spans and lag."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -365,26 +369,42 @@ class EventBroker:
         with self._send_lock:
             sequence = self._sequence + 1
             message_id = f"{self.instance_id}:{sequence}"  # unique: the instance id is random
-            body = self._codec.encode_fields(
-                envelope_fields(
-                    message_id,
-                    event_id,
-                    raiser_id,
-                    self.instance_id,
-                    self.options.application_name,
-                    self.options.site_id,
-                    sequence,
-                    now,
-                    wire_param,
-                    self.started_at,
-                    self.host,
-                )
+            fields = envelope_fields(
+                message_id,
+                event_id,
+                raiser_id,
+                self.instance_id,
+                self.options.application_name,
+                self.options.site_id,
+                sequence,
+                now,
+                wire_param,
+                self.started_at,
+                self.host,
             )
-            self.transport.publish(TransportMessage(body, message_id, self.instance_id))
+            telemetry = self._telemetry
+            if telemetry is None:
+                self._publish_fields(fields)
+            else:
+                telemetry.send(fields, self._publish_fields)
             self._sequence = sequence  # only a sent message uses up a number: no false gaps
             self._last_publish_at = now
             self._counts["published"] += 1
         return message_id
+
+    def _publish_fields(self, fields: dict[str, Any]) -> None:
+        """Sign an event's envelope and hand it to the transport (under `_send_lock`)."""
+        body = self._codec.encode_fields(fields)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "send: event %s from raiser %s as message %s (%d bytes%s)",
+                fields["event_id"],
+                fields["raiser_id"],
+                fields["message_id"],
+                len(body),
+                ", traced" if "trace" in fields else "",
+            )
+        self.transport.publish(TransportMessage(body, fields["message_id"], self.instance_id))
 
     def _send_heartbeat(self, kind: HeartbeatKind, now: float) -> None:
         """Publish a control message carrying the last sequence number sent (never raises)."""
@@ -445,10 +465,15 @@ class EventBroker:
     def _deliver(self, body: bytes) -> asyncio.Future[Rejection | None]:
         loop = asyncio.get_running_loop()
         now = self._clock()
+        debug = logger.isEnabledFor(logging.DEBUG)
         try:
             message = self._codec.decode(body, now)
         except EnvelopeError as error:
             self._counts["received"] += 1
+            if debug:
+                logger.debug(
+                    "receive: refused %d bytes (%s): %s", len(body), error.reason, error.description
+                )
             return _done(loop, self._refuse(error, now))
         if type(message) is Heartbeat:
             self._on_heartbeat(message, now)
@@ -456,14 +481,36 @@ class EventBroker:
         envelope: Envelope = message  # type: ignore[assignment]
         self._counts["received"] += 1
         source = envelope.instance_id
+        if debug:
+            logger.debug(
+                "receive: message %s verified (%d bytes, key %s): event %s from instance %s on "
+                "host %s, sequence %d, sent %.3f s ago%s",
+                envelope.message_id,
+                len(body),
+                envelope.key_id,
+                envelope.event_id,
+                source,
+                envelope.host,
+                envelope.sequence,
+                now - envelope.sent_at,
+                ", traced" if envelope.trace is not None else "",
+            )
         if source == self.instance_id:
             self._counts["own"] += 1
             return _done(loop, None)
         if envelope.application_name != self.options.application_name:
             self._counts["other_application"] += 1
+            if debug:
+                logger.debug(
+                    "receive: message %s dropped: application %r",
+                    envelope.message_id,
+                    envelope.application_name,
+                )
             return _done(loop, None)
         if self._dedup.seen(envelope.message_id):
             self._counts["duplicates"] += 1
+            if debug:
+                logger.debug("receive: message %s dropped: a duplicate", envelope.message_id)
             return _done(loop, None)
         verdict = self._tracker.observe(
             source,
@@ -501,6 +548,16 @@ class EventBroker:
                     ),
                 )
         self._counts["dispatched"] += 1
+        telemetry = self._telemetry
+        scope = None if telemetry is None else telemetry.receive(envelope, now)
+        if debug:
+            logger.debug(
+                "dispatch: message %s to %d handler(s) of event %s and %d of event_received",
+                envelope.message_id,
+                0 if event is None else len(event.raised),
+                envelope.event_id,
+                len(self.event_received),
+            )
         emissions: list[tuple[Signal[Any], Any]] = []
         if event is not None and (event.raised._sync or event.raised._async):
             notification = EventNotification(
@@ -514,7 +571,7 @@ class EventBroker:
             )
             emissions.append((event.raised, notification))
         if not (self.event_received._sync or self.event_received._async):
-            return self._dispatch(loop, emissions)
+            return self._dispatch(loop, emissions, scope)
         received = EventReceivedEventArgs(
             event_id=envelope.event_id,
             raiser_id=envelope.raiser_id,
@@ -527,7 +584,7 @@ class EventBroker:
             sent_at=envelope.sent_at,
         )
         emissions.append((self.event_received, received))
-        return self._dispatch(loop, emissions)
+        return self._dispatch(loop, emissions, scope)
 
     def _started_after_subscription(self, started_at: float | None) -> bool:
         """Whether a source that started at `started_at` sent everything after we subscribed."""
@@ -623,15 +680,25 @@ class EventBroker:
         return Rejection("delivery_failed", description)
 
     def _dispatch(
-        self, loop: asyncio.AbstractEventLoop, emissions: list[tuple[Signal[Any], Any]]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        emissions: list[tuple[Signal[Any], Any]],
+        scope: DeliveryScope | None = None,
     ) -> asyncio.Future[Rejection | None]:
+        """Run the handlers (see the module docstring); with a `scope`, in its context."""
         sync = [(signal, arg) for signal, arg in emissions if signal._sync]
         work = [
             coro for signal, arg in emissions if signal._async for coro in signal.async_work(arg)
         ]
         if not sync and not work:
+            if scope is not None:
+                scope.end()
             return _done(loop, None)
         future: asyncio.Future[Rejection | None] = loop.create_future()
+        context = None
+        if scope is not None:
+            context = scope.context
+            future.add_done_callback(lambda _: scope.end())
         if sync:
 
             def run_sync() -> None:
@@ -639,13 +706,15 @@ class EventBroker:
                     for leftover in signal.call_sync(arg):
                         asyncio.run_coroutine_threadsafe(leftover, loop)
 
+            runner = run_sync if context is None else functools.partial(context.run, run_sync)
             if not work:
-                self._dispatcher.submit(run_sync, future, None)
+                self._dispatcher.submit(runner, future, None)
                 return future
             sync_done: asyncio.Future[None] = loop.create_future()
-            self._dispatcher.submit(run_sync, sync_done, None)
+            self._dispatcher.submit(runner, sync_done, None)
             work.append(_await(sync_done))
-        task = loop.create_task(_gather(work))
+        # a copy: the dispatcher thread may be inside `context` meanwhile
+        task = loop.create_task(_gather(work), context=None if context is None else context.copy())
 
         def finished(_: object) -> None:
             if not future.done():

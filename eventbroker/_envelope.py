@@ -17,6 +17,12 @@ fields it does not know and treats missing optional ones as unknown.
 Decoding is total: any bytes give an `Envelope`, a `Heartbeat` or an `EnvelopeError` with a
 short cause. Size and nesting depth are bounded before the JSON parser runs; NaN, Infinity,
 numbers out of range, lone surrogates and wrongly typed fields are refused as ``malformed``.
+
+An event may carry the W3C trace context of the span that sent it, as the optional field
+``"trace": {"traceparent": "00-<32 hex>-<16 hex>-<2 hex>", "tracestate": "..."}`` (added in
+the same version: older releases ignore it). It is diagnostics, not data: a trace field that
+is not exactly that shape (a wrong type, a bad format, a tracestate over 512 characters) is
+ignored, and the event is delivered as if it had none.
 """
 
 from __future__ import annotations
@@ -91,6 +97,47 @@ class Envelope:
     """When the sending instance started (None from a release that did not send it)."""
     host: str | None = None
     """The sending instance's host name (None from a release that did not send it)."""
+    trace: TraceContext | None = None
+    """The W3C trace context of the sending span (None when there was none, or it was invalid)."""
+
+
+@attrs.frozen
+class TraceContext:
+    """A W3C trace context as carried in an envelope (validated by the decoder)."""
+
+    traceparent: str
+    """``00-<trace id: 32 lowercase hex>-<parent span id: 16 lowercase hex>-<flags: 2 hex>``."""
+    tracestate: str | None = None
+    """Vendor trace state, at most `MAX_TRACESTATE` printable ASCII characters."""
+
+    def fields(self) -> dict[str, str]:
+        """The envelope's ``trace`` field."""
+        if self.tracestate:
+            return {"traceparent": self.traceparent, "tracestate": self.tracestate}
+        return {"traceparent": self.traceparent}
+
+
+MAX_TRACESTATE = 512
+"""Longest tracestate carried (the W3C's recommended limit)."""
+_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+_TRACESTATE = re.compile(r"[\x20-\x7e]*")
+
+
+def trace_context(value: object) -> TraceContext | None:
+    """A valid ``trace`` field as a `TraceContext`; None for anything else (never raises)."""
+    if type(value) is not dict:
+        return None
+    traceparent = value.get("traceparent")
+    if type(traceparent) is not str or not _TRACEPARENT.fullmatch(traceparent):
+        return None
+    tracestate = value.get("tracestate")
+    if tracestate is not None and (
+        type(tracestate) is not str
+        or len(tracestate) > MAX_TRACESTATE
+        or not _TRACESTATE.fullmatch(tracestate)
+    ):
+        tracestate = None  # the span context still holds without vendor state
+    return TraceContext(traceparent, tracestate or None)
 
 
 class HeartbeatKind(enum.Enum):
@@ -187,9 +234,10 @@ def envelope_fields(
     param: Any,
     started_at: float | None = None,
     host: str | None = None,
+    trace: TraceContext | None = None,
 ) -> dict[str, Any]:
     """The JSON fields of a version-1 envelope (the codec adds the key id and signs)."""
-    fields = {
+    fields: dict[str, Any] = {
         "version": VERSION,
         "message_id": message_id,
         "event_id": uuid_text(event_id),
@@ -203,6 +251,8 @@ def envelope_fields(
         "host": host,
         "param": param,
     }
+    if trace is not None:
+        fields["trace"] = trace.fields()
     return fields
 
 
@@ -407,6 +457,7 @@ class EnvelopeCodec:
                 envelope.param,
                 envelope.started_at,
                 envelope.host,
+                envelope.trace,
             )
         )
 
@@ -568,6 +619,7 @@ def _envelope(fields: dict[str, Any], key_id: str) -> Envelope:
         key_id,
         None if started_at is None else float(started_at),
         host,
+        None if (trace := fields.get("trace")) is None else trace_context(trace),
     )
 
 

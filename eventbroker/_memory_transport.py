@@ -148,6 +148,9 @@ _NO_FAULTS = HubFaults()
 class InMemoryTransport:
     """A `Transport` on an `InMemoryHub`: one per `EventBroker` (instance)."""
 
+    messaging_system = "eventbroker.memory"
+    """The OpenTelemetry ``messaging.system`` of this transport."""
+
     def __init__(self, hub: InMemoryHub) -> None:
         self.hub = hub
         self._sink: TransportSink | None = None

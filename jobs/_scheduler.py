@@ -35,6 +35,7 @@ from ._job import (
 from ._lease import HeldLease
 from ._store import JobState, JobStore
 from ._store_watch import StoreWatch
+from ._telemetry import RunTelemetry
 from ._text import describe, message_of, redact, storable_text
 
 if TYPE_CHECKING:
@@ -200,6 +201,8 @@ class JobScheduler:
         self._finished_listeners: list[Callable[[JobRun], None]] = []
         self._stop_event: Event | None = None
         self._stop_sub: Subscription | None = None
+        self._telemetry: RunTelemetry | None = None
+        """Set by an instrumentation (``eventbroker.contrib.otel``): a span and metrics per run."""
         if registry is not None:
             self._stop_event = registry.get(STOP_JOB_EVENT_ID, param_type=StopJobRequest)
             self._stop_sub = self._stop_event.raised.subscribe(self._on_stop_event)
@@ -487,6 +490,8 @@ class JobScheduler:
                     self._ending.pop(r.ctx.run_id, None)
                 if self._running.get(r.job.id) is r:
                     del self._running[r.job.id]
+        if self._telemetry is not None:
+            self._telemetry.lease_lost(r.job)
         r.ctx._request_stop()
 
     def _try_start(
@@ -552,7 +557,11 @@ class JobScheduler:
         return running, run
 
     def _execute(self, r: _Running, run: JobRun) -> None:
-        outcome, message = self._run_job(r)
+        telemetry = self._telemetry
+        if telemetry is None:
+            outcome, message = self._run_job(r)
+        else:
+            outcome, message = telemetry.run(r.job, r.ctx, lambda: self._run_job(r))
         ended = self.clock.now()
         r.end = _PendingEnd(outcome, message, ended)
         if self._end_attempt(r, ended):

@@ -226,7 +226,121 @@ def test_any_json_value_signed_or_not_gives_a_refusal(value: object) -> None:
             assert refused.value.reason in CAUSES
 
 
-FIELDS = [*good_fields(), "started_at", "host"]
+FIELDS = [*good_fields(), "started_at", "host", "trace"]
+
+# -- the trace field (W3C trace context inside the signed envelope) ----------------------------
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+strict_json = st.recursive(  # what a peer's encoder can write (NaN is refused everywhere)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+hex_text = st.text("0123456789abcdefABCDEF-", max_size=60)
+traceparents = st.one_of(
+    st.just(TRACEPARENT),
+    st.builds(
+        lambda v, t, p, f: f"{v}-{t}-{p}-{f}",
+        st.sampled_from(["00", "01", "ff", "0", "000"]),
+        st.text("0123456789abcdef", min_size=30, max_size=34),
+        st.text("0123456789abcdef", min_size=14, max_size=18),
+        st.text("0123456789abcdefX", min_size=1, max_size=3),
+    ),
+    hex_text,
+    strict_json,
+)
+trace_fields = st.one_of(
+    strict_json,
+    st.fixed_dictionaries(
+        {"traceparent": traceparents},
+        optional={"tracestate": st.one_of(strict_json, st.text(max_size=600)), "x": strict_json},
+    ),
+)
+
+
+def _is_valid_traceparent(value: object) -> bool:
+    if type(value) is not str or len(value) != 55:
+        return False
+    version, trace_id, span_id, flags = value.split("-") if value.count("-") == 3 else ("",) * 4
+    return (
+        version == "00"
+        and all(c in "0123456789abcdef" for c in trace_id + span_id + flags)
+        and (len(trace_id), len(span_id), len(flags)) == (32, 16, 2)
+        and trace_id != "0" * 32
+        and span_id != "0" * 16
+    )
+
+
+@settings(max_examples=600)
+@given(trace_fields)
+def test_any_trace_field_gives_the_event_with_a_valid_trace_or_none(trace: object) -> None:
+    """The trace field is diagnostics: whatever it holds, the event itself is delivered."""
+    raw = json.dumps(good_fields(trace=trace), separators=(",", ":"), ensure_ascii=False)
+    message = codec().decode(sign(None, SECRET, raw=raw.encode()), NOW)
+    assert isinstance(message, Envelope) and message.param == "ok"
+    expected = isinstance(trace, dict) and _is_valid_traceparent(trace.get("traceparent"))
+    assert (message.trace is not None) == expected
+    if message.trace is not None:
+        assert isinstance(trace, dict) and message.trace.traceparent == trace["traceparent"]
+        state = message.trace.tracestate
+        assert state is None or (
+            state == trace.get("tracestate") and len(state) <= 512 and state.isprintable()
+        )
+
+
+@given(
+    st.text("0123456789abcdef", min_size=32, max_size=32).filter(lambda t: t != "0" * 32),
+    st.text("0123456789abcdef", min_size=16, max_size=16).filter(lambda p: p != "0" * 16),
+    st.sampled_from(["00", "01"]),
+    st.one_of(
+        st.none(), st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=512)
+    ),
+)
+def test_a_trace_context_round_trips_through_the_codec(
+    trace_id: str, span_id: str, flags: str, state: str | None
+) -> None:
+    from eventbroker._envelope import TraceContext
+
+    trace = TraceContext(f"00-{trace_id}-{span_id}-{flags}", state or None)
+    envelope = Envelope(
+        VERSION,
+        "m:1",
+        EVENT,
+        RAISER,
+        "sender",
+        "shop",
+        None,
+        1,
+        NOW,
+        "ok",
+        key_id(SECRET),
+        trace=trace,
+    )
+    decoded = codec().decode(codec().encode(envelope), NOW)
+    assert isinstance(decoded, Envelope) and decoded.trace == trace
+
+
+def test_an_envelope_without_trace_has_no_trace_field_on_the_wire() -> None:
+    envelope = Envelope(
+        VERSION, "m:1", EVENT, RAISER, "sender", "shop", None, 1, NOW, "ok", key_id(SECRET)
+    )
+    wire = codec().encode(envelope)
+    assert b'"trace"' not in wire
+    decoded = codec().decode(wire, NOW)
+    assert isinstance(decoded, Envelope) and decoded.trace is None
+
+
+def test_a_release_without_the_trace_field_reads_a_traced_envelope() -> None:
+    """What an older release sees: a traced envelope is an ordinary signed version-1 one."""
+    body = sign(good_fields(trace={"traceparent": TRACEPARENT, "tracestate": "k=v"}), SECRET)
+    fields = json.loads(b"{" + body[len(b'{"sig":"') + 64 + 2 :])
+    assert fields["version"] == VERSION and set(good_fields()) < set(fields)
 
 
 @settings(max_examples=600)
@@ -267,7 +381,12 @@ def test_every_refusal_is_counted_logged_once_without_traceback_and_never_stops_
     assert [o.reason if o else None for o in outcomes] == ["malformed"] * 4 + [None]
     assert receiver.got[-1].param == "after"
     assert receiver.broker.stats.rejected["malformed"] - before.get("malformed", 0) == 4
-    assert caplog.text.count("(malformed)") <= 1  # once per cause per minute
+    warned = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert sum("(malformed)" in r.getMessage() for r in warned) <= 1  # once per cause per minute
+    # DEBUG traces each message (cause included), still without a traceback
+    assert (
+        sum("refused" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG) == 4
+    )
     assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records)
 
 

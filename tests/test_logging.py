@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cache import CacheOptions, HybridCache
+from cache import CacheOptions, HybridCache, MemoryDistributedCache
 from cache.eventbroker_backplane import EVENT_ID as BACKPLANE_EVENT_ID
 from cache.eventbroker_backplane import RAISER_ID as BACKPLANE_RAISER_ID
 from cache.eventbroker_backplane import BackplaneWireMessage, EventBrokerBackplane
@@ -124,3 +124,65 @@ def test_messages_from_a_newer_peer_warn_once_per_unknown_action(
     farm.hub.drain()
     warned = [m for m in _library_records(caplog, logging.WARNING) if "entry_teleport" in m]
     assert len(warned) == 1, warned
+
+
+def test_debug_traces_one_cache_call_and_its_event_step_by_step(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At DEBUG, one `get_or_set` miss reads as: L1, L2, factory, store, backplane; and its
+    backplane event as: send, receive and verify, dispatch, applied by the other cache."""
+    hub = InMemoryHub()
+    l2 = MemoryDistributedCache()
+    nodes = []
+    for _ in range(2):
+        broker = EventBroker(
+            InMemoryTransport(hub), EventBrokerOptions(secret=SECRET, application_name="log")
+        )
+        registry = EventRegistry(broker)
+        broker.start()
+        nodes.append(
+            (
+                broker,
+                HybridCache(CacheOptions(name="log"), l2, EventBrokerBackplane(registry, broker)),
+            )
+        )
+    try:
+        (_, web_1), (_, web_2) = nodes
+        web_2.set("other", 1)  # the second instance has an entry to expire later
+        hub.drain()
+        caplog.set_level(logging.DEBUG)
+        caplog.clear()
+        web_1.get_or_set("product:42", lambda: {"sku": "A-1"})
+        hub.drain()
+        lines = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno == logging.DEBUG and r.name.split(".")[0] in LIBRARY
+        ]
+        sender = [
+            "'product:42' not fresh in L1",
+            "'product:42' not fresh in L2",
+            "calling the factory of 'product:42'",
+            "the factory of 'product:42' returned a value",
+            "storing 'product:42' (L1 and L2)",
+            "send: event a1b2c3d4-e5f6-4a5b-8c9d-0e1f2a3b4c5d",
+            "told the other instances ENTRY_SET for 'product:42'",
+        ]
+        receiver = [
+            "send: event",
+            "receive: message",
+            "dispatch: message",
+            "backplane message ENTRY_SET for 'product:42'",
+        ]
+        for steps in (sender, receiver):  # each instance's steps in order
+            found = [
+                next((i for i, line in enumerate(lines) if step in line), -1) for step in steps
+            ]
+            assert -1 not in found, (dict(zip(steps, found, strict=True)), lines)
+            assert found == sorted(found), lines
+        message_id = next(line for line in lines if line.startswith("send:")).split()[-3]
+        assert any(line.startswith(f"receive: message {message_id} verified") for line in lines)
+    finally:
+        for broker, cache in nodes:
+            cache.close()
+            broker.stop()

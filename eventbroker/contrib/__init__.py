@@ -6,4 +6,6 @@ when imported itself, and names the extra to install when the framework is missi
 - `eventbroker.contrib.django`: the Django app (``INSTALLED_APPS``) that runs the broker, the
   caches' backplane and the job scheduler in serving processes, with a health view
   (extra ``django``).
+- `eventbroker.contrib.otel`: OpenTelemetry metrics and traces of the broker, the caches and the
+  job scheduler (``pip install "eventbroker-cache[otel]"``).
 """

@@ -92,6 +92,9 @@ class ServiceBusTransport:
     injectable for tests.
     """
 
+    messaging_system = "servicebus"
+    """The OpenTelemetry ``messaging.system`` of Azure Service Bus."""
+
     def __init__(
         self,
         options: ServiceBusOptions | None = None,
@@ -138,6 +141,11 @@ class ServiceBusTransport:
     def subscription_name(self) -> str | None:
         """This instance's subscription, known once `start` has run."""
         return self._subscription_name
+
+    @property
+    def destination_name(self) -> str:
+        """The topic (OpenTelemetry's ``messaging.destination.name``)."""
+        return self.options.topic
 
     @property
     def queued(self) -> int:
