@@ -4,8 +4,8 @@
 carries backplane messages over an `eventbroker.EventBroker`.
 """
 
+from ._auto_recovery import AutoRecoveryQueue
 from ._backplane import (
-    AutoRecoveryQueue,
     Backplane,
     BackplaneConnectionInfo,
     BackplaneMessage,

@@ -1,4 +1,5 @@
-"""The backplane: protocol, messages, `MemoryBackplane`, and the auto-recovery queue.
+"""The backplane: protocol, messages and `MemoryBackplane` (the auto-recovery queue and service
+are in `_auto_recovery.py`).
 
 The protocol is FusionCache's `IFusionCacheBackplane` as the original design uses it:
 `subscribe(options)`, `unsubscribe()`, `publish(message, options)` and
@@ -13,7 +14,6 @@ import enum
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -180,86 +180,3 @@ class MemoryBackplane:
         options = self._options
         if options is not None and options.connect_handler is not None:
             options.connect_handler(BackplaneConnectionInfo(is_reconnection=True))
-
-
-@attrs.frozen
-class PendingMessage:
-    """A queued message and when it stops being worth sending."""
-
-    message: BackplaneMessage
-    options: EntryOptions
-    expires_at: float
-
-
-def _queue_key(message: BackplaneMessage) -> str:
-    return "\0clear" if message.action is BackplaneMessageAction.CLEAR else message.cache_key
-
-
-class AutoRecoveryQueue:
-    """Messages that could not be published: one per key (newest wins), bounded, dropped once
-    the entry would have expired anyway. Thread-safe."""
-
-    def __init__(self, max_items: int, clock: Callable[[], float]) -> None:
-        self._max_items = max_items
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._items: OrderedDict[str, PendingMessage] = OrderedDict()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
-
-    def keys(self) -> list[str]:
-        with self._lock:
-            return list(self._items)
-
-    def enqueue(self, message: BackplaneMessage, options: EntryOptions) -> None:
-        ttl = options.duration
-        key = _queue_key(message)
-        with self._lock:
-            current = self._items.get(key)
-            if current is not None and current.message.timestamp > message.timestamp:
-                return
-            self._put(key, PendingMessage(message, options, self._clock() + ttl))
-
-    def _put(self, key: str, item: PendingMessage) -> None:
-        self._items.pop(key, None)
-        self._items[key] = item
-        while len(self._items) > self._max_items:
-            dropped, _ = self._items.popitem(last=False)
-            logger.warning("auto-recovery queue full: dropped the oldest item (key %r)", dropped)
-
-    def accept_incoming(self, message: BackplaneMessage) -> bool:
-        """Reconcile an incoming message with the queue: a newer incoming message cancels the
-        queued one (True: apply it); an older one is ignored (False: ours will be replayed)."""
-        with self._lock:
-            if message.action is BackplaneMessageAction.CLEAR:
-                for key in [
-                    k for k, p in self._items.items() if p.message.timestamp < message.timestamp
-                ]:
-                    del self._items[key]
-                return True
-            current = self._items.get(message.cache_key)
-            if current is None:
-                return True
-            if message.timestamp > current.message.timestamp:
-                del self._items[message.cache_key]
-                return True
-            return False
-
-    def take(self) -> list[PendingMessage]:
-        """Remove and return every item still worth sending, oldest first."""
-        now = self._clock()
-        with self._lock:
-            items = list(self._items.values())
-            self._items.clear()
-        return [p for p in items if p.expires_at > now]
-
-    def put_back(self, items: list[PendingMessage]) -> None:
-        """Return items a replay could not send (unless a newer one was queued meanwhile)."""
-        with self._lock:
-            for item in items:
-                key = _queue_key(item.message)
-                current = self._items.get(key)
-                if current is None or current.message.timestamp <= item.message.timestamp:
-                    self._put(key, item)

@@ -1,0 +1,370 @@
+"""The core of `HybridCache`, written once for both faces: each operation that may do I/O is a
+generator that yields steps (`_steps.py`: read L2, write L2, publish, call the factory, finish
+in the background) and receives their results; the drivers (`_drivers.py`) execute them.
+Also the counters and events of those operations."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+from ._backplane import BackplaneMessage, BackplaneMessageAction
+from ._backplane_accessor import BackplaneAccessor
+from ._distributed import GuardedDistributedCache
+from ._errors import FactoryTimeoutError
+from ._flights import RETRY
+from ._keys import check_key
+from ._memory import Entry, MemoryCache
+from ._options import CacheOptions, EntryOptions
+from ._serialization import DistributedEntry, Serializer, decode_entry, encode_entry
+from ._signal import Signal
+from ._stats import CacheEventArgs, CacheEvents, CacheLevel, emit
+from ._steps import CallFactory, CompleteInBackground, Gen, L2Get, L2Remove, L2Set, Outcome, Publish
+
+logger = logging.getLogger("cache._hybrid")
+
+T = TypeVar("T")
+
+
+class Counts:
+    """The counters of `HybridCache.stats` but the L1 hits (kept apart so the cache object keeps
+    few attributes: CPython reads an object's first 30 attributes fastest)."""
+
+    __slots__ = (
+        "backplane_errors",
+        "backplane_received",
+        "backplane_sent",
+        "factory_calls",
+        "factory_errors",
+        "factory_timeouts",
+        "fail_safe_activations",
+        "l1_misses",
+        "l2_hits",
+        "l2_misses",
+        "stale_hits",
+    )
+
+    def __init__(self) -> None:
+        self.l1_misses = self.l2_hits = self.l2_misses = self.stale_hits = 0
+        self.fail_safe_activations = self.factory_calls = self.factory_errors = 0
+        self.factory_timeouts = self.backplane_sent = self.backplane_received = 0
+        self.backplane_errors = 0
+
+
+@attrs.frozen
+class MaybeValue(Generic[T]):
+    """The result of `try_get`: `has_value` tells whether `value` means anything."""
+
+    has_value: bool
+    value: T | None = None
+
+
+class CacheCore:
+    """The core operations (a base of `HybridCache`, which sets these attributes)."""
+
+    options: CacheOptions
+    instance_id: str
+    events: CacheEvents
+    _clock: Callable[[], float]
+    _memory: MemoryCache
+    _l1_hits: int
+    _counts: Counts
+    _default_options: EntryOptions
+    _serializer: Serializer
+    _l2: GuardedDistributedCache | None
+    _bp: BackplaneAccessor | None
+    _cleared_at: float
+
+    # ---------------------------------------------------------------- counting and events
+
+    def _hit_handlers_changed(self, watched: bool) -> None:
+        self._hit_watched = watched
+
+    def _l1_hit(self, key: str, entry: Entry) -> None:
+        self._l1_hits += 1
+        if entry.stale:
+            self._counts.stale_hits += 1
+            self._event(self.events.stale_hit, key, CacheLevel.L1)
+        else:
+            self._event(self.events.hit, key, CacheLevel.L1)
+
+    def _l1_miss(self, key: str) -> None:
+        self._counts.l1_misses += 1
+        logger.debug("cache %r: %r not fresh in L1", self.options.name, key)
+        self._event(self.events.miss, key, CacheLevel.L1)
+
+    def _l2_result(self, key: str, hit: bool) -> None:
+        if hit:
+            self._counts.l2_hits += 1
+        else:
+            self._counts.l2_misses += 1
+        logger.debug(
+            "cache %r: %r %s in L2", self.options.name, key, "found" if hit else "not fresh"
+        )
+        self._event(self.events.hit if hit else self.events.miss, key, CacheLevel.L2)
+
+    def _event(
+        self,
+        signal: Signal[CacheEventArgs],
+        key: str,
+        level: CacheLevel | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        if signal._sync or signal._async:
+            emit(signal, CacheEventArgs(self.options.name, key, level, error))
+
+    def _evicted(self, key: str) -> None:
+        logger.debug("cache %r: evicted %r from L1 (max_entries)", self.options.name, key)
+        self._event(self.events.eviction, key, CacheLevel.L1)
+
+    def _peek_fresh(self, key: str, options: EntryOptions, now: float) -> tuple[Entry | None, bool]:
+        """(entry, True) when L1 can answer now (eager refresh is due once `now >= refresh_at`);
+        (stale entry or None, False) otherwise, once the key is known to be valid: only valid
+        keys are ever stored, so a hit needs no check."""
+        try:
+            entry = None if options.skip_memory_cache else self._memory.peek(key, now)
+        except TypeError:  # unhashable: check_key says what is wrong
+            entry = None
+        if entry is not None and now < entry.logical_expiration:
+            return entry, True
+        check_key(key)
+        return entry, False
+
+    def _from_l2(
+        self, key: str, data: bytes | None, value_type: type[Any] | None
+    ) -> DistributedEntry | None:
+        if data is None:
+            return None
+        return decode_entry(self._serializer, data, value_type, key)
+
+    def _keep_from_l2(
+        self, key: str, dist: DistributedEntry, now: float, opts: EntryOptions
+    ) -> None:
+        """Put a fresh L2 value into L1 (fresh no longer than `duration` from now)."""
+        if not opts.skip_memory_cache:
+            logical = min(dist.logical_expiration, now + opts.duration)
+            entry = Entry.create(dist.value, dist.timestamp, now, opts, logical_expiration=logical)
+            self._memory.put(key, entry)
+
+    def _l2_is_fresh(self, dist: DistributedEntry, local: Entry | None, now: float) -> bool:
+        """An L2 value is served as fresh when it is not expired, not older than the local copy,
+        and not older than an invalidation (a message, a clear) this cache has seen."""
+        if dist.logical_expiration <= now or dist.timestamp <= self._cleared_at:
+            return False
+        return local is None or (
+            dist.timestamp >= local.timestamp and dist.timestamp > local.invalidated_at
+        )
+
+    def _load(
+        self,
+        key: str,
+        factory: Callable[[], Any],
+        opts: EntryOptions,
+        value_type: type[Any] | None,
+        eager: bool = False,
+    ) -> Gen[Any]:
+        """The miss path of `get_or_set` (the caller leads the key's flight)."""
+        now = self._clock()
+        entry = None if opts.skip_memory_cache else self._memory.peek(key, now)
+        if not eager and entry is not None and now < entry.logical_expiration:
+            return entry.value  # loaded by the flight before ours
+        fallback = entry if opts.is_fail_safe_enabled else None
+
+        if self._l2 is not None and not opts.skip_distributed_cache:
+            dist = self._from_l2(key, (yield L2Get(key)), value_type)
+            found = dist is not None and (
+                self._l2_is_fresh(dist, entry, now)
+                and not (eager and entry is not None and dist.timestamp <= entry.timestamp)
+            )
+            if not eager:  # an eager refresh is no caller's read
+                self._l2_result(key, found)
+            if found:
+                assert dist is not None
+                self._keep_from_l2(key, dist, now, opts)
+                return dist.value
+            if (
+                dist is not None
+                and opts.is_fail_safe_enabled
+                and (fallback is None or dist.timestamp > fallback.timestamp)
+            ):
+                fallback = Entry.create(
+                    dist.value, dist.timestamp, now, opts, logical_expiration=now
+                )
+
+        timeout = opts.factory_hard_timeout
+        if fallback is not None and opts.factory_soft_timeout is not None:
+            timeout = opts.factory_soft_timeout
+        self._counts.factory_calls += 1
+        logger.debug(
+            "cache %r: calling the factory of %r (timeout %s)",
+            self.options.name,
+            key,
+            None if eager else timeout,
+        )
+        outcome: Outcome = yield CallFactory(factory, None if eager else timeout)
+        if outcome.error is None and outcome.pending is None:
+            logger.debug("cache %r: the factory of %r returned a value", self.options.name, key)
+            yield from self._store(key, outcome.value, opts)
+            return outcome.value
+
+        if outcome.pending is not None:
+            if opts.allow_timed_out_factories_background_completion:
+                yield CompleteInBackground(key, outcome.pending, opts)
+            which = (
+                "soft" if fallback is not None and timeout == opts.factory_soft_timeout else "hard"
+            )
+            error: BaseException = FactoryTimeoutError(
+                f"the factory for cache key {key!r} did not finish within the {which} timeout "
+                f"({timeout}s)"
+            )
+            self._counts.factory_timeouts += 1
+            logger.debug("cache %r: %s", self.options.name, error)
+            self._event(self.events.factory_timeout, key, error=error)
+        else:
+            assert outcome.error is not None
+            error = outcome.error
+            self._counts.factory_errors += 1
+            logger.debug(
+                "cache %r: the factory of %r raised %s: %s",
+                self.options.name,
+                key,
+                type(error).__name__,
+                error,
+            )
+            self._event(self.events.factory_error, key, error=error)
+        if eager:
+            logger.warning("eager refresh of %r failed (%s); keeping the current value", key, error)
+            return RETRY  # anyone who joined meanwhile loads the normal way
+        if fallback is not None:
+            logger.warning(
+                "fail-safe: serving the stale value of %r for %.3gs (%s: %s)",
+                key,
+                opts.fail_safe_throttle_duration,
+                type(error).__name__,
+                error,
+            )
+            if not opts.skip_memory_cache:
+                self._memory.put(key, fallback.throttled(self._clock(), opts))
+            self._counts.fail_safe_activations += 1
+            self._counts.stale_hits += 1
+            self._event(self.events.fail_safe_activated, key, error=error)
+            self._event(self.events.stale_hit, key, CacheLevel.L1)
+            return fallback.value
+        if isinstance(error, FactoryTimeoutError):
+            raise FactoryTimeoutError(
+                f"{error} and there is no stale value to serve: raise factory_hard_timeout, or "
+                "enable is_fail_safe_enabled so the last good value can be used"
+            )
+        raise error
+
+    def _store(self, key: str, value: Any, opts: EntryOptions) -> Gen[None]:
+        """Set `value` in L1, L2 and tell the other instances."""
+        now = self._clock()
+        if not opts.skip_memory_cache:
+            self._memory.put(key, Entry.create(value, now, now, opts))
+        writes_l2 = self._l2 is not None and not opts.skip_distributed_cache
+        logger.debug(
+            "cache %r: storing %r (L1%s)",
+            self.options.name,
+            key,
+            " and L2" if writes_l2 else "",
+        )
+        if self._l2 is not None and not opts.skip_distributed_cache:
+            duration = opts.distributed_cache_duration
+            logical = opts.duration if duration is None else duration
+            ttl = (
+                max(logical, opts.fail_safe_max_duration) if opts.is_fail_safe_enabled else logical
+            )
+            try:
+                data = encode_entry(self._serializer, DistributedEntry(value, now, now + logical))
+            except Exception as exc:
+                logger.warning(
+                    "the value of %r cannot be serialized for the distributed cache (%s: %s): "
+                    "kept in memory only, and the older L2 copy is removed",
+                    key,
+                    type(exc).__name__,
+                    exc,
+                )
+                yield L2Remove(key)
+            else:
+                yield L2Set(key, data, ttl)
+        yield from self._notify(key, BackplaneMessageAction.ENTRY_SET, now, opts)
+
+    def _notify(
+        self, key: str, action: BackplaneMessageAction, now: float, opts: EntryOptions
+    ) -> Gen[None]:
+        if self._bp is not None and not opts.skip_backplane_notifications:
+            message = BackplaneMessage(
+                cache_key=key, action=action, source_id=self.instance_id, timestamp=now
+            )
+            yield Publish(message, opts)
+
+    def _read(
+        self, key: str, opts: EntryOptions, value_type: type[Any] | None
+    ) -> Gen[MaybeValue[Any]]:
+        now = self._clock()
+        entry, fresh = self._peek_fresh(key, opts, now)
+        if fresh:
+            assert entry is not None
+            self._l1_hit(key, entry)
+            return MaybeValue(True, entry.value)
+        self._l1_miss(key)
+        if self._l2 is not None and not opts.skip_distributed_cache:
+            dist = self._from_l2(key, (yield L2Get(key)), value_type)
+            if dist is not None and self._l2_is_fresh(dist, entry, now):
+                self._l2_result(key, True)
+                self._keep_from_l2(key, dist, now, opts)
+                return MaybeValue(True, dist.value)
+            self._l2_result(key, False)
+        return MaybeValue(False)
+
+    def _remove(self, key: str, opts: EntryOptions) -> Gen[None]:
+        check_key(key)
+        now = self._clock()
+        self._memory.remove(key)
+        if self._l2 is not None and not opts.skip_distributed_cache:
+            yield L2Remove(key)
+        yield from self._notify(key, BackplaneMessageAction.ENTRY_REMOVE, now, opts)
+
+    def _expire(self, key: str, opts: EntryOptions) -> Gen[None]:
+        check_key(key)
+        now = self._clock()
+        entry = self._memory.entries.get(key)
+        if entry is not None:
+            if opts.is_fail_safe_enabled:
+                self._memory.replace_if(key, entry, entry.expired(now, now))
+            else:
+                self._memory.remove_if(key, entry)
+        if self._l2 is not None and not opts.skip_distributed_cache:
+            yield L2Remove(key)
+        yield from self._notify(key, BackplaneMessageAction.ENTRY_EXPIRE, now, opts)
+
+    def _clear(self, allow_fail_safe: bool) -> Gen[None]:
+        now = self._clock()
+        self._cleared_at = max(self._cleared_at, now)
+        if allow_fail_safe:
+            self._expire_all_local(float("inf"), now)
+        else:
+            self._memory.clear()
+        yield from self._notify("", BackplaneMessageAction.CLEAR, now, self._default_options)
+
+    def _opts(self, options: EntryOptions | None) -> EntryOptions:
+        return options if options is not None else self._default_options
+
+    def _expire_all_local(self, older_than: float, invalidated_at: float | None) -> None:
+        """Expire every entry made before `older_than`. `invalidated_at`: L2 values up to that
+        time are stale too; `None`: only L2 values newer than each entry's own are fresh."""
+        now = self._clock()
+        for key, entry in self._memory.items():
+            if entry.timestamp < older_than:
+                at = entry.timestamp if invalidated_at is None else invalidated_at
+                self._invalidate(key, entry, now, at)
+
+    def _invalidate(self, key: str, entry: Entry, now: float, invalidated_at: float) -> None:
+        if entry.keeps_stale_value:
+            self._memory.replace_if(key, entry, entry.expired(now, invalidated_at))
+        else:
+            self._memory.remove_if(key, entry)

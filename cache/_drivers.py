@@ -1,0 +1,194 @@
+"""The drivers: execute the steps (`_steps.py`) a core generator yields, blocking (`run_sync`)
+or awaiting (`run_async`), and send each result back into the generator.
+
+`Driver` holds the I/O the steps need: the guarded distributed cache (`_distributed.py`), the
+backplane accessor (`_backplane_accessor.py`), the factory threads, and the background tasks of
+the async face. It is the only place where a step turns into a call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+from ._backplane_accessor import BackplaneAccessor
+from ._distributed import GuardedDistributedCache
+from ._options import EntryOptions
+from ._steps import (
+    CallFactory,
+    CompleteInBackground,
+    Gen,
+    L2Get,
+    L2Remove,
+    L2Set,
+    Outcome,
+    Publish,
+    Step,
+)
+
+logger = logging.getLogger("cache._hybrid")
+
+T = TypeVar("T")
+
+Store = Callable[[str, Any, EntryOptions], Gen[None]]
+"""The core operation that stores a value (L1, L2, backplane): what a background completion runs."""
+
+
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    )
+
+
+class Driver:
+    """Runs core generators: `run_sync` in the caller's thread, `run_async` on its loop."""
+
+    def __init__(
+        self,
+        l2: GuardedDistributedCache | None,
+        backplane: BackplaneAccessor | None,
+        factory_executor: concurrent.futures.ThreadPoolExecutor,
+        store: Store,
+    ) -> None:
+        self.l2 = l2
+        self.backplane = backplane
+        self.factory_executor = factory_executor
+        self.store = store
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    # ---------------------------------------------------------------- the two drivers
+
+    def run_sync(self, gen: Gen[T]) -> T:
+        sent: Any = None
+        try:
+            while True:
+                sent = self._perform_sync(gen.send(sent))
+        except StopIteration as stop:
+            return cast(T, stop.value)
+
+    async def run_async(self, gen: Gen[T]) -> T:
+        sent: Any = None
+        try:
+            while True:
+                sent = await self._perform_async(gen.send(sent))
+        except StopIteration as stop:
+            return cast(T, stop.value)
+
+    # ---------------------------------------------------------------- one step, blocking
+
+    def _perform_sync(self, step: Step) -> Any:
+        if isinstance(step, L2Get):
+            assert self.l2 is not None
+            return self.l2.get(step.key)
+        if isinstance(step, L2Set):
+            assert self.l2 is not None
+            return self.l2.set(step.key, step.data, step.ttl)
+        if isinstance(step, L2Remove):
+            assert self.l2 is not None
+            return self.l2.remove(step.key)
+        if isinstance(step, Publish):
+            assert self.backplane is not None
+            return self.backplane.publish(step.message, step.options)
+        if isinstance(step, CallFactory):
+            return self._call_factory_sync(step)
+        return self._complete_in_background_sync(step)
+
+    def _call_factory_sync(self, step: CallFactory) -> Outcome:
+        if step.timeout is None:
+            try:
+                return Outcome(value=step.factory())
+            except Exception as exc:
+                return Outcome(error=exc)
+        future = self.factory_executor.submit(step.factory)
+        try:
+            return Outcome(value=future.result(step.timeout))
+        except Exception:
+            if not future.done():  # timed out: the factory keeps running
+                return Outcome(pending=future)
+            error = future.exception()
+            return Outcome(error=error) if error is not None else Outcome(value=future.result())
+
+    def _complete_in_background_sync(self, step: CompleteInBackground) -> None:
+        key, options = step.key, step.options
+
+        def done(future: concurrent.futures.Future[Any]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                logger.warning("timed-out factory for %r failed in the background", key)
+                return
+            logger.debug("timed-out factory for %r completed in the background", key)
+            self.run_sync(self.store(key, future.result(), options))
+
+        cast(concurrent.futures.Future[Any], step.pending).add_done_callback(done)
+
+    # ---------------------------------------------------------------- one step, awaited
+
+    async def _perform_async(self, step: Step) -> Any:
+        if isinstance(step, L2Get):
+            assert self.l2 is not None
+            return await self.l2.get_async(step.key)
+        if isinstance(step, L2Set):
+            assert self.l2 is not None
+            return await self.l2.set_async(step.key, step.data, step.ttl)
+        if isinstance(step, L2Remove):
+            assert self.l2 is not None
+            return await self.l2.remove_async(step.key)
+        if isinstance(step, Publish):
+            assert self.backplane is not None
+            return await self.backplane.publish_async(step.message, step.options)
+        if isinstance(step, CallFactory):
+            return await self._call_factory_async(step)
+        return self._complete_in_background_async(step)
+
+    async def _call_factory_async(self, step: CallFactory) -> Outcome:
+        if step.timeout is None:
+            try:
+                return Outcome(value=await self.invoke_async(step.factory))
+            except Exception as exc:
+                return Outcome(error=exc)
+        task = asyncio.ensure_future(self.invoke_async(step.factory))
+        done, _ = await asyncio.wait({task}, timeout=step.timeout)
+        if not done:
+            return Outcome(pending=task)
+        error = task.exception()
+        return Outcome(error=error) if error is not None else Outcome(value=task.result())
+
+    def _complete_in_background_async(self, step: CompleteInBackground) -> None:
+        key, options = step.key, step.options
+
+        def done(future: asyncio.Future[Any]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                logger.warning("timed-out factory for %r failed in the background", key)
+                return
+            logger.debug("timed-out factory for %r completed in the background", key)
+            self.spawn(self.run_async(self.store(key, future.result(), options)))
+
+        cast(asyncio.Future[Any], step.pending).add_done_callback(done)
+
+    # ---------------------------------------------------------------- helpers of the async face
+
+    async def invoke_async(self, factory: Callable[[], Any]) -> Any:
+        """Await an `async def` factory; run a plain one in a factory thread."""
+        if is_async_callable(factory):
+            return await factory()
+        loop = asyncio.get_running_loop()
+        value = await loop.run_in_executor(self.factory_executor, factory)
+        if inspect.isawaitable(value):
+            value = await value
+        return value
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run `coro` as a background task of the running loop (failures logged)."""
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception:
+                logger.exception("background cache work failed")
+
+        task = asyncio.get_running_loop().create_task(guarded())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)

@@ -1,0 +1,73 @@
+"""Incoming backplane messages: another instance's change applied to this instance's L1."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from ._backplane import BackplaneMessage, BackplaneMessageAction
+from ._backplane_accessor import BackplaneAccessor
+from ._core import CacheCore, Counts
+from ._memory import MemoryCache
+from ._options import CacheOptions
+from ._stats import CacheEvents, emit
+
+logger = logging.getLogger("cache._hybrid")
+
+
+class IncomingMessages(CacheCore):
+    """The handlers `HybridCache` gives its backplane (a base of `HybridCache`)."""
+
+    options: CacheOptions
+    instance_id: str
+    events: CacheEvents
+    _clock: Callable[[], float]
+    _memory: MemoryCache
+    _counts: Counts
+    _bp: BackplaneAccessor | None
+    _cleared_at: float
+
+    def _on_backplane_message(self, message: BackplaneMessage) -> None:
+        """Apply another instance's change to L1 (called from the backplane's thread)."""
+        if message.source_id == self.instance_id:
+            return
+        self._counts.backplane_received += 1
+        logger.debug(
+            "cache %r: backplane message %s for %r from %s",
+            self.options.name,
+            message.action.name,
+            message.cache_key,
+            message.source_id or "a publisher without a cache",
+        )
+        signal = self.events.backplane_message_received
+        if signal._sync or signal._async:
+            emit(signal, message)
+        if not (self._bp is None or self._bp.recovery.queue.accept_incoming(message)):
+            logger.debug(
+                "ignored %s for %r: a newer local one is queued", message.action, message.cache_key
+            )
+            return
+        if message.action is BackplaneMessageAction.CLEAR:
+            self._cleared_at = max(self._cleared_at, message.timestamp)
+            self._expire_all_local(message.timestamp, message.timestamp)
+            return
+        entry = self._memory.entries.get(message.cache_key)
+        if entry is None or entry.timestamp >= message.timestamp:
+            return
+        if message.action is BackplaneMessageAction.ENTRY_REMOVE:
+            self._memory.remove_if(message.cache_key, entry)
+        elif message.action is BackplaneMessageAction.ENTRY_SET:
+            # a newer value is in L2: anything newer than our copy may be served
+            self._invalidate(message.cache_key, entry, self._clock(), entry.timestamp)
+        else:  # ENTRY_EXPIRE: L2 values up to the message's time are stale too
+            self._invalidate(message.cache_key, entry, self._clock(), message.timestamp)
+
+    def _on_backplane_messages_lost(self) -> None:
+        """An invalidation may have been lost: expire every local entry (values kept for
+        fail-safe); the next read takes a newer L2 value if there is one, else calls the factory."""
+        logger.warning(
+            "cache %r: backplane messages may have been lost; expiring every local entry "
+            "(values kept for fail-safe)",
+            self.options.name,
+        )
+        self._expire_all_local(float("inf"), None)
