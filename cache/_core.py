@@ -324,7 +324,8 @@ class CacheCore:
     def _remove(self, key: str, opts: EntryOptions) -> Gen[None]:
         check_key(key)
         now = self._clock()
-        self._memory.remove(key)
+        if not opts.skip_memory_cache:
+            self._memory.remove(key)
         if self._l2 is not None and not opts.skip_distributed_cache:
             yield L2Remove(key)
         yield from self._notify(key, BackplaneMessageAction.ENTRY_REMOVE, now, opts)

@@ -459,7 +459,8 @@ class HybridCache(IncomingMessages):
         await self._run_async(self._store(key, value, self._opts(options)))
 
     def remove(self, key: str, options: EntryOptions | None = None) -> None:
-        """Delete `key` here, in L2 and on every other instance."""
+        """Delete `key` here, in L2 and on every other instance (`skip_memory_cache` leaves this
+        instance's memory alone, `skip_distributed_cache` L2)."""
         self._run_sync(self._remove(key, self._opts(options)))
 
     async def remove_async(self, key: str, options: EntryOptions | None = None) -> None:
