@@ -17,6 +17,7 @@ from ._distributed import GuardedDistributedCache
 from ._errors import FactoryTimeoutError
 from ._flights import RETRY
 from ._keys import check_key
+from ._marks import Marks
 from ._memory import Entry, MemoryCache
 from ._options import CacheOptions, EntryOptions
 from ._serialization import DistributedEntry, Serializer, decode_entry, encode_entry
@@ -77,6 +78,7 @@ class CacheCore:
     _l2: GuardedDistributedCache | None
     _bp: BackplaneAccessor | None
     _cleared_at: float
+    _marks: Marks
 
     # ---------------------------------------------------------------- counting and events
 
@@ -149,10 +151,16 @@ class CacheCore:
             entry = Entry.create(dist.value, dist.timestamp, now, opts, logical_expiration=logical)
             self._memory.put(key, entry)
 
-    def _l2_is_fresh(self, dist: DistributedEntry, local: Entry | None, now: float) -> bool:
+    def _l2_is_fresh(
+        self, key: str, dist: DistributedEntry, local: Entry | None, now: float
+    ) -> bool:
         """An L2 value is served as fresh when it is not expired, not older than the local copy,
-        and not older than an invalidation (a message, a clear) this cache has seen."""
-        if dist.logical_expiration <= now or dist.timestamp <= self._cleared_at:
+        and not older than an invalidation (a message, an expire, a clear) this cache has seen."""
+        if (
+            dist.logical_expiration <= now
+            or dist.timestamp <= self._cleared_at
+            or dist.timestamp <= self._marks.key_expired_at(key)
+        ):
             return False
         return local is None or (
             dist.timestamp >= local.timestamp and dist.timestamp > local.invalidated_at
@@ -176,7 +184,7 @@ class CacheCore:
         if self._l2 is not None and not opts.skip_distributed_cache:
             dist = self._from_l2(key, (yield L2Get(key)), value_type)
             found = dist is not None and (
-                self._l2_is_fresh(dist, entry, now)
+                self._l2_is_fresh(key, dist, entry, now)
                 and not (eager and entry is not None and dist.timestamp <= entry.timestamp)
             )
             if not eager:  # an eager refresh is no caller's read
@@ -314,7 +322,7 @@ class CacheCore:
         self._l1_miss(key)
         if self._l2 is not None and not opts.skip_distributed_cache:
             dist = self._from_l2(key, (yield L2Get(key)), value_type)
-            if dist is not None and self._l2_is_fresh(dist, entry, now):
+            if dist is not None and self._l2_is_fresh(key, dist, entry, now):
                 self._l2_result(key, True)
                 self._keep_from_l2(key, dist, now, opts)
                 return MaybeValue(True, dist.value)
@@ -333,7 +341,8 @@ class CacheCore:
     def _expire(self, key: str, opts: EntryOptions) -> Gen[None]:
         check_key(key)
         now = self._clock()
-        entry = self._memory.entries.get(key)
+        self._marks.expire_key(key, now)  # an older L2 copy must not come back
+        entry = None if opts.skip_memory_cache else self._memory.entries.get(key)
         if entry is not None:
             if opts.is_fail_safe_enabled:
                 self._memory.replace_if(key, entry, entry.expired(now, now))

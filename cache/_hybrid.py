@@ -37,6 +37,7 @@ from ._flights import RETRY, Flight, Flights
 from ._health import Health
 from ._incoming import IncomingMessages
 from ._keys import check_key
+from ._marks import Marks
 from ._memory import NEVER, MemoryCache
 from ._options import CacheOptions, EntryOptions
 from ._serialization import JsonSerializer, Serializer
@@ -123,6 +124,7 @@ class HybridCache(IncomingMessages):
         self._run_sync = self._io.run_sync
         self._run_async = self._io.run_async
         self._cleared_at = NEVER
+        self._marks = Marks(self.options.max_entries, self.options.marker_refresh_interval)
         self._closed = False
         if backplane is not None:
             backplane.subscribe(

@@ -51,6 +51,8 @@ class IncomingMessages(CacheCore):
             self._cleared_at = max(self._cleared_at, message.timestamp)
             self._expire_all_local(message.timestamp, message.timestamp)
             return
+        if message.action is BackplaneMessageAction.ENTRY_EXPIRE:
+            self._marks.expire_key(message.cache_key, message.timestamp)
         entry = self._memory.entries.get(message.cache_key)
         if entry is None or entry.timestamp >= message.timestamp:
             return

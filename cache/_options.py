@@ -173,6 +173,24 @@ class CacheOptions(EnvSettings):
     """The cache's id in backplane messages (messages from it are ignored). `None`: a new
     UUID per `HybridCache`, so caches built from one options object stay distinct (hence no
     environment variable: every cache of the process would share it)."""
+    marker_refresh_interval: float = attrs.field(
+        default=30.0,
+        converter=_seconds,
+        validator=_non_negative,
+        metadata=env("CACHE_MARKER_REFRESH_INTERVAL"),
+    )
+    """How long a tag or clear mark read from L2 is trusted before it is read again (the
+    backplane brings newer ones meanwhile; 0 reads it on every L2 hit)."""
+    marker_duration: float = attrs.field(
+        default=math.inf,
+        converter=_seconds,
+        validator=number(
+            minimum=0, infinite_ok=True, what="a number of seconds", note="inf: no expiry"
+        ),
+        metadata=env("CACHE_MARKER_DURATION"),
+    )
+    """How long L2 keeps a tag or clear mark: at least as long as the entries it covers live
+    in L2 (`inf`: no expiry; the marks are one small key per tag)."""
     background_workers: int = attrs.field(
         default=4, validator=_at_least_one, metadata=env("CACHE_BACKGROUND_WORKERS")
     )
