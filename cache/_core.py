@@ -17,7 +17,7 @@ from ._distributed import GuardedDistributedCache
 from ._errors import FactoryTimeoutError
 from ._flights import RETRY
 from ._keys import check_key
-from ._marks import Marks
+from ._marks import CLEAR, NEVER, Marks, Verdict, decode_mark, encode_mark, marker_key
 from ._memory import Entry, MemoryCache
 from ._options import CacheOptions, EntryOptions
 from ._serialization import DistributedEntry, Serializer, decode_entry, encode_entry
@@ -77,7 +77,6 @@ class CacheCore:
     _serializer: Serializer
     _l2: GuardedDistributedCache | None
     _bp: BackplaneAccessor | None
-    _cleared_at: float
     _marks: Marks
 
     # ---------------------------------------------------------------- counting and events
@@ -148,19 +147,62 @@ class CacheCore:
         """Put a fresh L2 value into L1 (fresh no longer than `duration` from now)."""
         if not opts.skip_memory_cache:
             logical = min(dist.logical_expiration, now + opts.duration)
-            entry = Entry.create(dist.value, dist.timestamp, now, opts, logical_expiration=logical)
+            entry = Entry.create(
+                dist.value, dist.timestamp, now, opts, logical_expiration=logical, tags=dist.tags
+            )
             self._memory.put(key, entry)
 
+    def _l2_entry(
+        self, key: str, value_type: type[Any] | None, now: float
+    ) -> Gen[tuple[DistributedEntry | None, Verdict]]:
+        """The L2 copy of `key` and what the marks (`_marks.py`) say of it; the marks it
+        carries are read from L2 first when due."""
+        dist = self._from_l2(key, (yield L2Get(key)), value_type)
+        if dist is None:
+            return None, Verdict.GONE
+        yield from self._refresh_marks(dist.tags, now)
+        return dist, self._marks.verdict(key, dist.timestamp, dist.tags)
+
+    def _refresh_marks(self, tags: tuple[str, ...], now: float) -> Gen[None]:
+        """Read the L2 markers of `tags` (and of clear) not read for a while; a newer mark
+        invalidates the L1 entries it covers."""
+        for tag in self._marks.due(tags, now):
+            found = decode_mark((yield L2Get(marker_key(tag))))
+            self._marks.tag(tag).checked_at = now
+            if found is not None and self._marks.learn(tag, *found):
+                self._apply_mark(tag)
+
+    def _write_mark(self, tag: str, opts: EntryOptions) -> Gen[None]:
+        """Store the mark of `tag` in L2 (merged with the one there), for the instances that
+        start later or missed the backplane message."""
+        if self._l2 is None or opts.skip_distributed_cache:
+            return
+        key = marker_key(tag)
+        found = decode_mark((yield L2Get(key)))
+        if found is not None and self._marks.learn(tag, *found):
+            self._apply_mark(tag)
+        mark = self._marks.tag(tag)
+        yield L2Set(key, encode_mark(mark.expired, mark.removed), self.options.marker_duration)
+
+    def _apply_mark(self, tag: str) -> None:
+        """Invalidate the L1 entries the mark of `tag` covers (`CLEAR`: every entry)."""
+        mark = self._marks.tag(tag)
+        now = self._clock()
+        for key, entry in self._memory.items():
+            if tag != CLEAR and tag not in entry.tags:
+                continue
+            if entry.timestamp <= mark.removed:
+                self._memory.remove_if(key, entry)
+            elif entry.timestamp <= mark.expired and entry.invalidated_at < mark.expired:
+                self._invalidate(key, entry, now, mark.expired)
+
     def _l2_is_fresh(
-        self, key: str, dist: DistributedEntry, local: Entry | None, now: float
+        self, dist: DistributedEntry, verdict: Verdict, local: Entry | None, now: float
     ) -> bool:
         """An L2 value is served as fresh when it is not expired, not older than the local copy,
-        and not older than an invalidation (a message, an expire, a clear) this cache has seen."""
-        if (
-            dist.logical_expiration <= now
-            or dist.timestamp <= self._cleared_at
-            or dist.timestamp <= self._marks.key_expired_at(key)
-        ):
+        and not older than an invalidation (a message, an expire, a tag, a clear) this cache
+        has seen."""
+        if verdict is not Verdict.FRESH or dist.logical_expiration <= now:
             return False
         return local is None or (
             dist.timestamp >= local.timestamp and dist.timestamp > local.invalidated_at
@@ -182,9 +224,9 @@ class CacheCore:
         fallback = entry if opts.is_fail_safe_enabled else None
 
         if self._l2 is not None and not opts.skip_distributed_cache:
-            dist = self._from_l2(key, (yield L2Get(key)), value_type)
+            dist, verdict = yield from self._l2_entry(key, value_type, now)
             found = dist is not None and (
-                self._l2_is_fresh(key, dist, entry, now)
+                self._l2_is_fresh(dist, verdict, entry, now)
                 and not (eager and entry is not None and dist.timestamp <= entry.timestamp)
             )
             if not eager:  # an eager refresh is no caller's read
@@ -195,6 +237,7 @@ class CacheCore:
                 return dist.value
             if (
                 dist is not None
+                and verdict is not Verdict.GONE
                 and opts.is_fail_safe_enabled
                 and (fallback is None or dist.timestamp > fallback.timestamp)
             ):
@@ -321,8 +364,8 @@ class CacheCore:
             return MaybeValue(True, entry.value)
         self._l1_miss(key)
         if self._l2 is not None and not opts.skip_distributed_cache:
-            dist = self._from_l2(key, (yield L2Get(key)), value_type)
-            if dist is not None and self._l2_is_fresh(key, dist, entry, now):
+            dist, verdict = yield from self._l2_entry(key, value_type, now)
+            if dist is not None and self._l2_is_fresh(dist, verdict, entry, now):
                 self._l2_result(key, True)
                 self._keep_from_l2(key, dist, now, opts)
                 return MaybeValue(True, dist.value)
@@ -354,11 +397,13 @@ class CacheCore:
 
     def _clear(self, allow_fail_safe: bool) -> Gen[None]:
         now = self._clock()
-        self._cleared_at = max(self._cleared_at, now)
         if allow_fail_safe:
+            self._marks.learn(CLEAR, now, NEVER)
             self._expire_all_local(float("inf"), now)
         else:
+            self._marks.learn(CLEAR, NEVER, now)
             self._memory.clear()
+        yield from self._write_mark(CLEAR, self._default_options)
         yield from self._notify("", BackplaneMessageAction.CLEAR, now, self._default_options)
 
     def _opts(self, options: EntryOptions | None) -> EntryOptions:

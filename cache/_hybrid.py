@@ -38,7 +38,7 @@ from ._health import Health
 from ._incoming import IncomingMessages
 from ._keys import check_key
 from ._marks import Marks
-from ._memory import NEVER, MemoryCache
+from ._memory import MemoryCache
 from ._options import CacheOptions, EntryOptions
 from ._serialization import JsonSerializer, Serializer
 from ._stats import CacheEvents, CacheStats
@@ -123,7 +123,6 @@ class HybridCache(IncomingMessages):
         self._io = Driver(self._l2, self._bp, self._factory_executor, self._store)
         self._run_sync = self._io.run_sync
         self._run_async = self._io.run_async
-        self._cleared_at = NEVER
         self._marks = Marks(self.options.max_entries, self.options.marker_refresh_interval)
         self._closed = False
         if backplane is not None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from ._backplane import BackplaneMessage, BackplaneMessageAction
 from ._backplane_accessor import BackplaneAccessor
 from ._core import CacheCore, Counts
+from ._marks import CLEAR, NEVER
 from ._memory import MemoryCache
 from ._options import CacheOptions
 from ._stats import CacheEvents, emit
@@ -25,7 +26,6 @@ class IncomingMessages(CacheCore):
     _memory: MemoryCache
     _counts: Counts
     _bp: BackplaneAccessor | None
-    _cleared_at: float
 
     def _on_backplane_message(self, message: BackplaneMessage) -> None:
         """Apply another instance's change to L1 (called from the backplane's thread)."""
@@ -48,7 +48,7 @@ class IncomingMessages(CacheCore):
             )
             return
         if message.action is BackplaneMessageAction.CLEAR:
-            self._cleared_at = max(self._cleared_at, message.timestamp)
+            self._marks.learn(CLEAR, message.timestamp, NEVER)
             self._expire_all_local(message.timestamp, message.timestamp)
             return
         if message.action is BackplaneMessageAction.ENTRY_EXPIRE:

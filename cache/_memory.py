@@ -27,6 +27,7 @@ class Entry:
         "physical_expiration",
         "refresh_at",
         "stale",
+        "tags",
         "timestamp",
         "value",
     )
@@ -40,6 +41,7 @@ class Entry:
         refresh_at: float,
         invalidated_at: float = NEVER,
         stale: bool = False,
+        tags: tuple[str, ...] = (),
     ) -> None:
         self.value = value
         self.timestamp = timestamp
@@ -53,6 +55,8 @@ class Entry:
         """Marked stale by a message of this time: L2 values not newer are stale too."""
         self.stale = stale
         """A stale value served as fresh for a while by fail-safe (`throttled`)."""
+        self.tags = tags
+        """The entry's tags (`remove_by_tag`, `expire_by_tag`)."""
 
     @classmethod
     def create(
@@ -62,6 +66,7 @@ class Entry:
         now: float,
         options: EntryOptions,
         logical_expiration: float | None = None,
+        tags: tuple[str, ...] = (),
     ) -> Entry:
         """An entry made at `timestamp` under `options` (jitter applied unless `logical_expiration`)."""
         if logical_expiration is None:
@@ -76,7 +81,7 @@ class Entry:
             refresh_at = min(
                 refresh_at, timestamp + options.duration * options.eager_refresh_threshold
             )
-        return cls(value, timestamp, logical_expiration, physical, refresh_at)
+        return cls(value, timestamp, logical_expiration, physical, refresh_at, tags=tags)
 
     @property
     def keeps_stale_value(self) -> bool:
@@ -93,6 +98,7 @@ class Entry:
             min(self.refresh_at, now),
             max(self.invalidated_at, invalidated_at),
             self.stale,
+            self.tags,
         )
 
     def throttled(self, now: float, options: EntryOptions) -> Entry:
@@ -106,6 +112,7 @@ class Entry:
             until,
             self.invalidated_at,
             stale=True,
+            tags=self.tags,
         )
 
 

@@ -2,7 +2,7 @@
 
 The default `JsonSerializer` uses cattrs: JSON values and attrs classes, never pickle (a shared
 Redis must not be a code-execution path). An L2 entry is ``b"HC1"`` + a JSON header line
-(timestamp, logical expiration, type tag) + the serializer's bytes.
+(timestamp, logical expiration, type tag, tags) + the serializer's bytes.
 """
 
 from __future__ import annotations
@@ -84,14 +84,18 @@ class DistributedEntry:
     """When the value was made (seconds since the epoch): newer wins."""
     logical_expiration: float
     """When the value stops being fresh (it may stay longer for fail-safe)."""
+    tags: tuple[str, ...] = ()
+    """The entry's tags: a tag mark newer than `timestamp` makes it stale or gone."""
 
 
 def encode_entry(serializer: Serializer, entry: DistributedEntry) -> bytes:
-    header = {
+    header: dict[str, Any] = {
         "ts": entry.timestamp,
         "exp": entry.logical_expiration,
         "t": type_tag(entry.value),
     }
+    if entry.tags:
+        header["tg"] = list(entry.tags)
     return b"".join(
         (
             _MAGIC,
@@ -122,7 +126,19 @@ def decode_entry(
             )
             return None
         value = serializer.deserialize(payload, cls)
+        tags = _tags(header.get("tg"))
     except Exception as exc:
         logger.warning("L2 entry %r cannot be decoded (%s): treated as a miss", key, exc)
         return None
-    return DistributedEntry(value=value, timestamp=timestamp, logical_expiration=expiration)
+    return DistributedEntry(
+        value=value, timestamp=timestamp, logical_expiration=expiration, tags=tags
+    )
+
+
+def _tags(raw: object) -> tuple[str, ...]:
+    """The header's tags; anything but a list of strings is refused (the entry is a miss)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(tag, str) and tag for tag in raw):
+        raise ValueError("malformed tags in the entry header")
+    return tuple(raw)
