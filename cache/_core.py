@@ -15,7 +15,7 @@ from ._backplane import BackplaneMessage, BackplaneMessageAction
 from ._backplane_accessor import BackplaneAccessor
 from ._distributed import GuardedDistributedCache
 from ._errors import FactoryTimeoutError
-from ._flights import RETRY
+from ._flights import RETRY, Flights
 from ._keys import check_key
 from ._marks import CLEAR, NEVER, Marks, Verdict, decode_mark, encode_mark, marker_key
 from ._memory import Entry, MemoryCache
@@ -23,7 +23,17 @@ from ._options import CacheOptions, EntryOptions
 from ._serialization import DistributedEntry, Serializer, decode_entry, encode_entry
 from ._signal import Signal
 from ._stats import CacheEventArgs, CacheEvents, CacheLevel, emit
-from ._steps import CallFactory, CompleteInBackground, Gen, L2Get, L2Remove, L2Set, Outcome, Publish
+from ._steps import (
+    AwaitPending,
+    CallFactory,
+    CompleteInBackground,
+    Gen,
+    L2Get,
+    L2Remove,
+    L2Set,
+    Outcome,
+    Publish,
+)
 
 logger = logging.getLogger("cache._hybrid")
 
@@ -78,6 +88,7 @@ class CacheCore:
     _l2: GuardedDistributedCache | None
     _bp: BackplaneAccessor | None
     _marks: Marks
+    _flights: Flights
 
     # ---------------------------------------------------------------- counting and events
 
@@ -248,21 +259,31 @@ class CacheCore:
         timeout = opts.factory_hard_timeout
         if fallback is not None and opts.factory_soft_timeout is not None:
             timeout = opts.factory_soft_timeout
-        self._counts.factory_calls += 1
-        logger.debug(
-            "cache %r: calling the factory of %r (timeout %s)",
-            self.options.name,
-            key,
-            None if eager else timeout,
-        )
-        outcome: Outcome = yield CallFactory(factory, None if eager else timeout)
+        running = self._flights.running(key)
+        if running is not None:  # a timed-out call still runs: wait for it, call no other
+            logger.debug(
+                "cache %r: the factory of %r still runs in the background: waiting for it",
+                self.options.name,
+                key,
+            )
+            outcome: Outcome = yield AwaitPending(running, None if eager else timeout)
+        else:
+            self._counts.factory_calls += 1
+            logger.debug(
+                "cache %r: calling the factory of %r (timeout %s)",
+                self.options.name,
+                key,
+                None if eager else timeout,
+            )
+            outcome = yield CallFactory(factory, None if eager else timeout)
         if outcome.error is None and outcome.pending is None:
             logger.debug("cache %r: the factory of %r returned a value", self.options.name, key)
-            yield from self._store(key, outcome.value, opts)
+            if running is None or self._flights.claim(key, running):
+                yield from self._store(key, outcome.value, opts)
             return outcome.value
 
         if outcome.pending is not None:
-            if opts.allow_timed_out_factories_background_completion:
+            if running is None and opts.allow_timed_out_factories_background_completion:
                 yield CompleteInBackground(key, outcome.pending, opts)
             which = (
                 "soft" if fallback is not None and timeout == opts.factory_soft_timeout else "hard"

@@ -17,8 +17,10 @@ from typing import Any, TypeVar, cast
 
 from ._backplane_accessor import BackplaneAccessor
 from ._distributed import GuardedDistributedCache
+from ._flights import Flights
 from ._options import EntryOptions
 from ._steps import (
+    AwaitPending,
     CallFactory,
     CompleteInBackground,
     Gen,
@@ -53,7 +55,9 @@ class Driver:
         backplane: BackplaneAccessor | None,
         factory_executor: concurrent.futures.ThreadPoolExecutor,
         store: Store,
+        flights: Flights,
     ) -> None:
+        self.flights = flights
         self.l2 = l2
         self.backplane = backplane
         self.factory_executor = factory_executor
@@ -95,6 +99,13 @@ class Driver:
             return self.backplane.publish(step.message, step.options)
         if isinstance(step, CallFactory):
             return self._call_factory_sync(step)
+        if isinstance(step, AwaitPending):
+            try:
+                return Outcome(value=step.pending.result(step.timeout))
+            except concurrent.futures.TimeoutError:
+                return Outcome(pending=step.pending)
+            except Exception as exc:
+                return Outcome(error=exc)
         return self._complete_in_background_sync(step)
 
     def _call_factory_sync(self, step: CallFactory) -> Outcome:
@@ -114,15 +125,19 @@ class Driver:
 
     def _complete_in_background_sync(self, step: CompleteInBackground) -> None:
         key, options = step.key, step.options
+        call = cast(concurrent.futures.Future[Any], step.pending)
+        self.flights.keep_running(key, call)
 
         def done(future: concurrent.futures.Future[Any]) -> None:
+            if not self.flights.claim(key, call):
+                return  # a caller waiting for it stored the value
             if future.cancelled() or future.exception() is not None:
                 logger.warning("timed-out factory for %r failed in the background", key)
                 return
             logger.debug("timed-out factory for %r completed in the background", key)
             self.run_sync(self.store(key, future.result(), options))
 
-        cast(concurrent.futures.Future[Any], step.pending).add_done_callback(done)
+        call.add_done_callback(done)
 
     # ---------------------------------------------------------------- one step, awaited
 
@@ -141,6 +156,14 @@ class Driver:
             return await self.backplane.publish_async(step.message, step.options)
         if isinstance(step, CallFactory):
             return await self._call_factory_async(step)
+        if isinstance(step, AwaitPending):
+            waiting = asyncio.shield(asyncio.wrap_future(step.pending))
+            try:
+                return Outcome(value=await asyncio.wait_for(waiting, step.timeout))
+            except TimeoutError:
+                return Outcome(pending=step.pending)
+            except Exception as exc:
+                return Outcome(error=exc)
         return self._complete_in_background_async(step)
 
     async def _call_factory_async(self, step: CallFactory) -> Outcome:
@@ -158,15 +181,26 @@ class Driver:
 
     def _complete_in_background_async(self, step: CompleteInBackground) -> None:
         key, options = step.key, step.options
+        task = cast(asyncio.Future[Any], step.pending)
+        call: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.flights.keep_running(key, call)
 
         def done(future: asyncio.Future[Any]) -> None:
+            if future.cancelled():
+                call.cancel()
+            elif future.exception() is not None:
+                call.set_exception(future.exception())
+            else:
+                call.set_result(future.result())
+            if not self.flights.claim(key, call):
+                return  # a caller waiting for it stored the value
             if future.cancelled() or future.exception() is not None:
                 logger.warning("timed-out factory for %r failed in the background", key)
                 return
             logger.debug("timed-out factory for %r completed in the background", key)
             self.spawn(self.run_async(self.store(key, future.result(), options)))
 
-        cast(asyncio.Future[Any], step.pending).add_done_callback(done)
+        task.add_done_callback(done)
 
     # ---------------------------------------------------------------- helpers of the async face
 

@@ -68,6 +68,9 @@ class Flights:
     def __init__(self) -> None:
         self._flights: dict[str, Flight] = {}
         self._lock = threading.Lock()
+        self._running: dict[str, concurrent.futures.Future[Any]] = {}
+        """Timed-out factory calls still running in the background, by key: stampede
+        protection outlives the flight that started them."""
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -80,6 +83,24 @@ class Flights:
                 return flight, False
             flight = self._flights[key] = Flight(loop)
             return flight, True
+
+    def keep_running(self, key: str, call: concurrent.futures.Future[Any]) -> None:
+        """`call` (a timed-out factory) runs on for `key` until it is claimed."""
+        with self._lock:
+            self._running[key] = call
+
+    def running(self, key: str) -> concurrent.futures.Future[Any] | None:
+        """The factory call still running in the background for `key`, if any."""
+        return self._running.get(key)
+
+    def claim(self, key: str, call: concurrent.futures.Future[Any]) -> bool:
+        """Forget `call` as the key's running call; True for the one caller that does it (and
+        so stores its value)."""
+        with self._lock:
+            if self._running.get(key) is not call:
+                return False
+            del self._running[key]
+            return True
 
     def land(
         self, key: str, flight: Flight, error: BaseException | None, value: Any = None

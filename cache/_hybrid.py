@@ -107,7 +107,6 @@ class HybridCache(IncomingMessages):
                 f"cache {self.options.name!r}: distributed cache",
             )
             self._l2 = GuardedDistributedCache(distributed_cache, breaker)
-        self._flights = Flights()
         self._executor = concurrent.futures.ThreadPoolExecutor(
             self.options.background_workers, thread_name_prefix=f"cache-{self.options.name}"
         )
@@ -120,7 +119,8 @@ class HybridCache(IncomingMessages):
             if backplane is None
             else BackplaneAccessor(backplane, self.options, clock, self._executor, self._counts)
         )
-        self._io = Driver(self._l2, self._bp, self._factory_executor, self._store)
+        self._flights = Flights()
+        self._io = Driver(self._l2, self._bp, self._factory_executor, self._store, self._flights)
         self._run_sync = self._io.run_sync
         self._run_async = self._io.run_async
         self._marks = Marks(self.options.max_entries, self.options.marker_refresh_interval)

@@ -63,11 +63,21 @@ class CallFactory:
 @attrs.frozen
 class CompleteInBackground:
     """A timed-out factory (`pending`) keeps running; when it succeeds its value is stored for
-    `key` under `options`. No result."""
+    `key` under `options`. Meanwhile it is the key's running call (`Flights.running`): a later
+    load waits for it rather than calling the factory again. No result."""
 
     key: str
     pending: concurrent.futures.Future[Any] | asyncio.Future[Any]
     options: EntryOptions
+
+
+@attrs.frozen
+class AwaitPending:
+    """Wait up to `timeout` seconds (`None`: no limit) for a factory call still running in the
+    background (`pending`) instead of calling the factory again; the result is an `Outcome`."""
+
+    pending: concurrent.futures.Future[Any]
+    timeout: float | None
 
 
 @attrs.frozen
@@ -79,6 +89,6 @@ class Outcome:
     pending: concurrent.futures.Future[Any] | asyncio.Future[Any] | None = None
 
 
-Step = L2Get | L2Set | L2Remove | Publish | CallFactory | CompleteInBackground
+Step = L2Get | L2Set | L2Remove | Publish | CallFactory | CompleteInBackground | AwaitPending
 Gen = Generator[Step, Any, T]
 """A core operation: yields steps, receives their results, returns the operation's result."""
