@@ -14,8 +14,15 @@ from ._backplane import (
     MemoryBackplane,
     MemoryBackplaneHub,
 )
+from ._context import FactoryContext
 from ._distributed import CircuitBreaker, DistributedCache, MemoryDistributedCache
-from ._errors import BackplaneError, CacheError, DistributedCacheError, FactoryTimeoutError
+from ._errors import (
+    BackplaneError,
+    CacheError,
+    DistributedCacheError,
+    FactoryFailedError,
+    FactoryTimeoutError,
+)
 from ._health import Health, HealthStatus
 from ._hybrid import HybridCache, MaybeValue
 from ._options import CacheOptions, Duration, EntryOptions
@@ -42,6 +49,8 @@ __all__ = [
     "DistributedEntry",
     "Duration",
     "EntryOptions",
+    "FactoryContext",
+    "FactoryFailedError",
     "FactoryTimeoutError",
     "Health",
     "HealthStatus",

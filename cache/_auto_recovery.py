@@ -29,8 +29,15 @@ class PendingMessage:
     expires_at: float
 
 
+_TAG_ACTIONS = (BackplaneMessageAction.TAG_REMOVE, BackplaneMessageAction.TAG_EXPIRE)
+
+
 def _queue_key(message: BackplaneMessage) -> str:
-    return "\0clear" if message.action is BackplaneMessageAction.CLEAR else message.cache_key
+    if message.action is BackplaneMessageAction.CLEAR:
+        return "\0clear"
+    if message.action in _TAG_ACTIONS:
+        return f"\0tag:{message.action.value}:{message.cache_key}"
+    return message.cache_key
 
 
 class AutoRecoveryQueue:
@@ -77,11 +84,12 @@ class AutoRecoveryQueue:
                 ]:
                     del self._items[key]
                 return True
-            current = self._items.get(message.cache_key)
+            key = _queue_key(message)
+            current = self._items.get(key)
             if current is None:
                 return True
             if message.timestamp > current.message.timestamp:
-                del self._items[message.cache_key]
+                del self._items[key]
                 return True
             return False
 

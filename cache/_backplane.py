@@ -36,6 +36,11 @@ class BackplaneMessageAction(enum.Enum):
     """The entry is stale: mark the local copy stale, keeping its value for fail-safe."""
     CLEAR = "clear"
     """The whole cache was cleared: expire every local entry older than the message."""
+    TAG_REMOVE = "tag_remove"
+    """Every entry carrying the tag `cache_key` and older than the message is removed."""
+    TAG_EXPIRE = "tag_expire"
+    """Every entry carrying the tag `cache_key` and older than the message is expired (values
+    kept for fail-safe). Older releases ignore both tag actions (an unknown action)."""
 
 
 def _now() -> float:

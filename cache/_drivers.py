@@ -2,28 +2,29 @@
 or awaiting (`run_async`), and send each result back into the generator.
 
 `Driver` holds the I/O the steps need: the guarded distributed cache (`_distributed.py`), the
-backplane accessor (`_backplane_accessor.py`), the factory threads, and the background tasks of
-the async face. It is the only place where a step turns into a call.
+backplane accessor (`_backplane_accessor.py`), the factory and background threads, and the
+background tasks of the async face. It is the only place where a step turns into a call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
-from ._backplane_accessor import BackplaneAccessor
+from ._backplane_accessor import BackplaneAccessor, log_background_failure
 from ._distributed import GuardedDistributedCache
 from ._flights import Flights
-from ._options import EntryOptions
 from ._steps import (
     AwaitPending,
     CallFactory,
     CompleteInBackground,
     Gen,
+    InBackground,
     L2Get,
     L2Remove,
     L2Set,
@@ -35,9 +36,6 @@ from ._steps import (
 logger = logging.getLogger("cache._hybrid")
 
 T = TypeVar("T")
-
-Store = Callable[[str, Any, EntryOptions], Gen[None]]
-"""The core operation that stores a value (L1, L2, backplane): what a background completion runs."""
 
 
 def is_async_callable(fn: Callable[..., Any]) -> bool:
@@ -54,14 +52,14 @@ class Driver:
         l2: GuardedDistributedCache | None,
         backplane: BackplaneAccessor | None,
         factory_executor: concurrent.futures.ThreadPoolExecutor,
-        store: Store,
+        background_executor: concurrent.futures.ThreadPoolExecutor,
         flights: Flights,
     ) -> None:
         self.flights = flights
         self.l2 = l2
         self.backplane = backplane
         self.factory_executor = factory_executor
-        self.store = store
+        self.background_executor = background_executor
         self.tasks: set[asyncio.Task[Any]] = set()
 
     # ---------------------------------------------------------------- the two drivers
@@ -85,20 +83,17 @@ class Driver:
     # ---------------------------------------------------------------- one step, blocking
 
     def _perform_sync(self, step: Step) -> Any:
-        if isinstance(step, L2Get):
-            assert self.l2 is not None
-            return self.l2.get(step.key)
-        if isinstance(step, L2Set):
-            assert self.l2 is not None
-            return self.l2.set(step.key, step.data, step.ttl)
-        if isinstance(step, L2Remove):
-            assert self.l2 is not None
-            return self.l2.remove(step.key)
+        if isinstance(step, L2Get | L2Set | L2Remove):
+            return self._l2_sync(step)
         if isinstance(step, Publish):
             assert self.backplane is not None
             return self.backplane.publish(step.message, step.options)
         if isinstance(step, CallFactory):
             return self._call_factory_sync(step)
+        if isinstance(step, InBackground):
+            future = self.background_executor.submit(self.run_sync, step.operation)
+            future.add_done_callback(log_background_failure)
+            return None
         if isinstance(step, AwaitPending):
             try:
                 return Outcome(value=step.pending.result(step.timeout))
@@ -107,6 +102,24 @@ class Driver:
             except Exception as exc:
                 return Outcome(error=exc)
         return self._complete_in_background_sync(step)
+
+    def _l2_sync(self, step: L2Get | L2Set | L2Remove) -> Any:
+        l2 = self.l2
+        assert l2 is not None
+        if isinstance(step, L2Get):
+            call: Callable[[], Any] = functools.partial(l2.get, step.key)
+        elif isinstance(step, L2Set):
+            call = functools.partial(l2.set, step.key, step.data, step.ttl)
+        else:
+            call = functools.partial(l2.remove, step.key)
+        if step.timeout is None:
+            return call()
+        future = self.factory_executor.submit(call)
+        try:
+            return future.result(step.timeout)
+        except concurrent.futures.TimeoutError:
+            _l2_timed_out(step)
+            return None if isinstance(step, L2Get) else False
 
     def _call_factory_sync(self, step: CallFactory) -> Outcome:
         if step.timeout is None:
@@ -124,9 +137,9 @@ class Driver:
             return Outcome(error=error) if error is not None else Outcome(value=future.result())
 
     def _complete_in_background_sync(self, step: CompleteInBackground) -> None:
-        key, options = step.key, step.options
+        key, complete = step.key, step.complete
         call = cast(concurrent.futures.Future[Any], step.pending)
-        self.flights.keep_running(key, call)
+        self.flights.keep_running(key, call, step.context)
 
         def done(future: concurrent.futures.Future[Any]) -> None:
             if not self.flights.claim(key, call):
@@ -135,27 +148,23 @@ class Driver:
                 logger.warning("timed-out factory for %r failed in the background", key)
                 return
             logger.debug("timed-out factory for %r completed in the background", key)
-            self.run_sync(self.store(key, future.result(), options))
+            self.run_sync(complete(future.result()))
 
         call.add_done_callback(done)
 
     # ---------------------------------------------------------------- one step, awaited
 
     async def _perform_async(self, step: Step) -> Any:
-        if isinstance(step, L2Get):
-            assert self.l2 is not None
-            return await self.l2.get_async(step.key)
-        if isinstance(step, L2Set):
-            assert self.l2 is not None
-            return await self.l2.set_async(step.key, step.data, step.ttl)
-        if isinstance(step, L2Remove):
-            assert self.l2 is not None
-            return await self.l2.remove_async(step.key)
+        if isinstance(step, L2Get | L2Set | L2Remove):
+            return await self._l2_async(step)
         if isinstance(step, Publish):
             assert self.backplane is not None
             return await self.backplane.publish_async(step.message, step.options)
         if isinstance(step, CallFactory):
             return await self._call_factory_async(step)
+        if isinstance(step, InBackground):
+            self.spawn(self.run_async(step.operation))
+            return None
         if isinstance(step, AwaitPending):
             waiting = asyncio.shield(asyncio.wrap_future(step.pending))
             try:
@@ -165,6 +174,26 @@ class Driver:
             except Exception as exc:
                 return Outcome(error=exc)
         return self._complete_in_background_async(step)
+
+    async def _l2_async(self, step: L2Get | L2Set | L2Remove) -> Any:
+        l2 = self.l2
+        assert l2 is not None
+        if isinstance(step, L2Get):
+            call: Awaitable[Any] = l2.get_async(step.key)
+        elif isinstance(step, L2Set):
+            call = l2.set_async(step.key, step.data, step.ttl)
+        else:
+            call = l2.remove_async(step.key)
+        if step.timeout is None:
+            return await call
+        task = asyncio.ensure_future(call)
+        done, _ = await asyncio.wait({task}, timeout=step.timeout)
+        if done:
+            return task.result()
+        self.tasks.add(task)  # goes on in the background
+        task.add_done_callback(self.tasks.discard)
+        _l2_timed_out(step)
+        return None if isinstance(step, L2Get) else False
 
     async def _call_factory_async(self, step: CallFactory) -> Outcome:
         if step.timeout is None:
@@ -180,10 +209,10 @@ class Driver:
         return Outcome(error=error) if error is not None else Outcome(value=task.result())
 
     def _complete_in_background_async(self, step: CompleteInBackground) -> None:
-        key, options = step.key, step.options
+        key, complete = step.key, step.complete
         task = cast(asyncio.Future[Any], step.pending)
         call: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self.flights.keep_running(key, call)
+        self.flights.keep_running(key, call, step.context)
 
         def done(future: asyncio.Future[Any]) -> None:
             if future.cancelled():
@@ -198,7 +227,7 @@ class Driver:
                 logger.warning("timed-out factory for %r failed in the background", key)
                 return
             logger.debug("timed-out factory for %r completed in the background", key)
-            self.spawn(self.run_async(self.store(key, future.result(), options)))
+            self.spawn(self.run_async(complete(future.result())))
 
         task.add_done_callback(done)
 
@@ -226,3 +255,13 @@ class Driver:
         task = asyncio.get_running_loop().create_task(guarded())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+
+def _l2_timed_out(step: L2Get | L2Set | L2Remove) -> None:
+    what = {L2Get: "read", L2Set: "write", L2Remove: "remove"}[type(step)]
+    logger.debug(
+        "L2 %s of %r timed out after %ss: it goes on in the background",
+        what,
+        step.key,
+        step.timeout,
+    )

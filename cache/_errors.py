@@ -19,3 +19,7 @@ class DistributedCacheError(CacheError):
     """The distributed cache could not be reached or answered with an error (raised by
     `RedisDistributedCache`). A `HybridCache` never lets it out: it logs it, opens its circuit
     breaker and carries on without L2."""
+
+
+class FactoryFailedError(CacheError):
+    """A factory returned `ctx.fail(message)` and there was no stale value to serve."""

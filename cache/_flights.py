@@ -68,7 +68,7 @@ class Flights:
     def __init__(self) -> None:
         self._flights: dict[str, Flight] = {}
         self._lock = threading.Lock()
-        self._running: dict[str, concurrent.futures.Future[Any]] = {}
+        self._running: dict[str, tuple[concurrent.futures.Future[Any], Any]] = {}
         """Timed-out factory calls still running in the background, by key: stampede
         protection outlives the flight that started them."""
 
@@ -84,20 +84,22 @@ class Flights:
             flight = self._flights[key] = Flight(loop)
             return flight, True
 
-    def keep_running(self, key: str, call: concurrent.futures.Future[Any]) -> None:
-        """`call` (a timed-out factory) runs on for `key` until it is claimed."""
+    def keep_running(self, key: str, call: concurrent.futures.Future[Any], context: Any) -> None:
+        """`call` (a timed-out factory, with its factory context) runs on for `key` until it
+        is claimed."""
         with self._lock:
-            self._running[key] = call
+            self._running[key] = (call, context)
 
-    def running(self, key: str) -> concurrent.futures.Future[Any] | None:
-        """The factory call still running in the background for `key`, if any."""
+    def running(self, key: str) -> tuple[concurrent.futures.Future[Any], Any] | None:
+        """The factory call still running in the background for `key` and its context."""
         return self._running.get(key)
 
     def claim(self, key: str, call: concurrent.futures.Future[Any]) -> bool:
         """Forget `call` as the key's running call; True for the one caller that does it (and
         so stores its value)."""
         with self._lock:
-            if self._running.get(key) is not call:
+            running = self._running.get(key)
+            if running is None or running[0] is not call:
                 return False
             del self._running[key]
             return True

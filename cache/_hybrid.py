@@ -24,13 +24,15 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from ._backplane import Backplane, BackplaneConnectionInfo, BackplaneSubscriptionOptions
 from ._backplane_accessor import BackplaneAccessor, log_background_failure
-from ._core import Counts, MaybeValue
+from ._context import FactoryContext, normalize_tags
+from ._core import NO_DEFAULT, Counts, Load, MaybeValue
+from ._decorator import P, R, cached
 from ._distributed import CircuitBreaker, DistributedCache, GuardedDistributedCache, describe
 from ._drivers import Driver, is_async_callable
 from ._flights import RETRY, Flight, Flights
@@ -54,6 +56,14 @@ T = TypeVar("T")
 _MISS: Any = object()
 """`_fresh_hit` found nothing fresh in L1 (a cached value may be None)."""
 Clock = Callable[[], float]
+Factory = Callable[[], T] | Callable[[FactoryContext[T]], T]
+"""A factory: no argument, or the `FactoryContext` of the load."""
+AsyncFactory = (
+    Callable[[], Awaitable[T]]
+    | Callable[[FactoryContext[T]], Awaitable[T]]
+    | Callable[[], T]
+    | Callable[[FactoryContext[T]], T]
+)
 
 
 class HybridCache(IncomingMessages):
@@ -120,7 +130,7 @@ class HybridCache(IncomingMessages):
             else BackplaneAccessor(backplane, self.options, clock, self._executor, self._counts)
         )
         self._flights = Flights()
-        self._io = Driver(self._l2, self._bp, self._factory_executor, self._store, self._flights)
+        self._io = Driver(self._l2, self._bp, self._factory_executor, self._executor, self._flights)
         self._run_sync = self._io.run_sync
         self._run_async = self._io.run_async
         self._marks = Marks(self.options.max_entries, self.options.marker_refresh_interval)
@@ -276,32 +286,41 @@ class HybridCache(IncomingMessages):
     def get_or_set(
         self,
         key: str,
-        factory: Callable[[], T],
+        factory: Factory[T],
         options: EntryOptions | None = None,
         *,
+        tags: Iterable[str] | None = None,
         value_type: type[T] | None = None,
+        fail_safe_default_value: Any = NO_DEFAULT,
     ) -> T:
         """The cached value of `key`, calling `factory()` (once, across threads and tasks) when
-        there is none. `value_type` structures values read back from L2 (attrs classes)."""
+        there is none; a factory that takes one argument gets a `FactoryContext`. `tags` are
+        stored with the value (`remove_by_tag`, `expire_by_tag`). `value_type` structures values
+        read back from L2 (attrs classes). `fail_safe_default_value`: served (not stored) when
+        the factory fails with fail-safe on and no stale value to serve."""
         value = self._fresh_hit(key, options)
         if value is not _MISS:
             return cast(T, value)
-        return cast(T, self._get_or_set_slow(key, factory, options, value_type))
+        load = Load(factory, normalize_tags(tags), value_type, fail_safe_default_value)
+        return cast(T, self._get_or_set_slow(key, load, options))
 
     async def get_or_set_async(
         self,
         key: str,
-        factory: Callable[[], Awaitable[T]] | Callable[[], T],
+        factory: AsyncFactory[T],
         options: EntryOptions | None = None,
         *,
+        tags: Iterable[str] | None = None,
         value_type: type[T] | None = None,
+        fail_safe_default_value: Any = NO_DEFAULT,
     ) -> T:
         """`get_or_set` for asyncio: `factory` may be `async def` (awaited on this loop) or a
         plain callable (run in a worker thread so the loop never blocks)."""
         value = self._fresh_hit(key, options)
         if value is not _MISS:
             return cast(T, value)
-        return cast(T, await self._get_or_set_slow_async(key, factory, options, value_type))
+        load = Load(factory, normalize_tags(tags), value_type, fail_safe_default_value)
+        return cast(T, await self._get_or_set_slow_async(key, load, options))
 
     def _fresh_hit(self, key: str, options: EntryOptions | None) -> Any:
         """The L1 hit path of both faces: no lock, no loop; `_MISS` unless fresh in L1.
@@ -328,12 +347,7 @@ class HybridCache(IncomingMessages):
         self._hit_watched = watched
 
     def _admit(
-        self,
-        key: str,
-        factory: Callable[[], Any],
-        opts: EntryOptions,
-        value_type: type[Any] | None,
-        loop: asyncio.AbstractEventLoop | None,
+        self, key: str, load: Load, opts: EntryOptions, loop: asyncio.AbstractEventLoop | None
     ) -> tuple[Any, Flight | None, bool]:
         """`(value, None, False)` when L1 answers (starting an eager refresh when due), else
         `(None, flight, is_leader)`: the caller leads or follows the key's flight."""
@@ -344,7 +358,7 @@ class HybridCache(IncomingMessages):
             self._l1_hit(key, entry)
             if now >= entry.refresh_at:
                 logger.debug("cache %r: eager refresh of %r", self.options.name, key)
-                self._start_eager_refresh(key, factory, opts, value_type, loop)
+                self._start_eager_refresh(key, load, opts, loop)
             return entry.value, None, False
         self._l1_miss(key)
         flight, leader = self._flights.join(key, loop)
@@ -352,40 +366,30 @@ class HybridCache(IncomingMessages):
             logger.debug("cache %r: %r is loading already: waiting for it", self.options.name, key)
         return None, flight, leader
 
-    def _get_or_set_slow(
-        self,
-        key: str,
-        factory: Callable[[], Any],
-        options: EntryOptions | None,
-        value_type: type[Any] | None,
-    ) -> Any:
+    def _get_or_set_slow(self, key: str, load: Load, options: EntryOptions | None) -> Any:
         opts = self._opts(options)
         while True:
-            value, flight, leader = self._admit(key, factory, opts, value_type, None)
+            value, flight, leader = self._admit(key, load, opts, None)
             if flight is None:
                 return value
             if leader:
-                gen = self._load(key, factory, opts, value_type)
+                gen = self._load(key, load, opts)
                 return self._flights.lead_sync(key, flight, functools.partial(self._run_sync, gen))
             value = flight.follow_sync(key)
             if value is not RETRY:
                 return value
 
     async def _get_or_set_slow_async(
-        self,
-        key: str,
-        factory: Callable[[], Any],
-        options: EntryOptions | None,
-        value_type: type[Any] | None,
+        self, key: str, load: Load, options: EntryOptions | None
     ) -> Any:
         opts = self._opts(options)
         loop = asyncio.get_running_loop()
         while True:
-            value, flight, leader = self._admit(key, factory, opts, value_type, loop)
+            value, flight, leader = self._admit(key, load, opts, loop)
             if flight is None:
                 return value
             if leader:
-                gen = self._load(key, factory, opts, value_type)
+                gen = self._load(key, load, opts)
                 return await self._flights.lead_async(key, flight, self._run_async(gen))
             value = await flight.wait(loop)
             if value is not RETRY:
@@ -394,18 +398,13 @@ class HybridCache(IncomingMessages):
     # ---------------------------------------------------------------- eager refresh
 
     def _start_eager_refresh(
-        self,
-        key: str,
-        factory: Callable[[], Any],
-        opts: EntryOptions,
-        value_type: type[Any] | None,
-        loop: asyncio.AbstractEventLoop | None,
+        self, key: str, load: Load, opts: EntryOptions, loop: asyncio.AbstractEventLoop | None
     ) -> None:
         """Reload `key` in the background (a worker thread, or a task on `loop`)."""
         flight, leader = self._flights.join(key, loop)
         if not leader:
             return
-        gen = self._load(key, factory, opts, value_type, eager=True)
+        gen = self._load(key, load, opts, eager=True)
         if loop is None:
             future = self._executor.submit(
                 self._flights.lead_sync, key, flight, functools.partial(self._run_sync, gen)
@@ -423,9 +422,13 @@ class HybridCache(IncomingMessages):
         options: EntryOptions | None = None,
         *,
         value_type: type[T] | None = None,
+        allow_stale: bool = False,
     ) -> T | None:
-        """The fresh value of `key` (L1, then L2), or `default`. Never calls a factory."""
-        found = self._run_sync(self._read(key, self._opts(options), value_type))
+        """The fresh value of `key` (L1, then L2), or `default`. Never calls a factory.
+        `allow_stale`: with no fresh value, a stale one (kept for fail-safe) rather than
+        `default`."""
+        read = self._read(key, self._opts(options), value_type, allow_stale)
+        found = self._run_sync(read)
         return found.value if found.has_value else default
 
     async def get_async(
@@ -435,29 +438,56 @@ class HybridCache(IncomingMessages):
         options: EntryOptions | None = None,
         *,
         value_type: type[T] | None = None,
+        allow_stale: bool = False,
     ) -> T | None:
-        found = await self._run_async(self._read(key, self._opts(options), value_type))
+        read = self._read(key, self._opts(options), value_type, allow_stale)
+        found = await self._run_async(read)
         return found.value if found.has_value else default
 
     def try_get(
-        self, key: str, options: EntryOptions | None = None, *, value_type: type[T] | None = None
+        self,
+        key: str,
+        options: EntryOptions | None = None,
+        *,
+        value_type: type[T] | None = None,
+        allow_stale: bool = False,
     ) -> MaybeValue[T]:
-        """`MaybeValue(has_value, value)` for `key` (L1, then L2)."""
-        return self._run_sync(self._read(key, self._opts(options), value_type))
+        """`MaybeValue(has_value, value)` for `key` (L1, then L2; a stale value too with
+        `allow_stale`)."""
+        return self._run_sync(self._read(key, self._opts(options), value_type, allow_stale))
 
     async def try_get_async(
-        self, key: str, options: EntryOptions | None = None, *, value_type: type[T] | None = None
+        self,
+        key: str,
+        options: EntryOptions | None = None,
+        *,
+        value_type: type[T] | None = None,
+        allow_stale: bool = False,
     ) -> MaybeValue[T]:
-        return await self._run_async(self._read(key, self._opts(options), value_type))
+        return await self._run_async(self._read(key, self._opts(options), value_type, allow_stale))
 
-    def set(self, key: str, value: Any, options: EntryOptions | None = None) -> None:
-        """Store `value` in L1 and L2; other instances mark their copies stale."""
+    def set(
+        self,
+        key: str,
+        value: Any,
+        options: EntryOptions | None = None,
+        *,
+        tags: Iterable[str] | None = None,
+    ) -> None:
+        """Store `value` (with `tags`) in L1 and L2; other instances mark their copies stale."""
         check_key(key)
-        self._run_sync(self._store(key, value, self._opts(options)))
+        self._run_sync(self._store(key, value, self._opts(options), normalize_tags(tags)))
 
-    async def set_async(self, key: str, value: Any, options: EntryOptions | None = None) -> None:
+    async def set_async(
+        self,
+        key: str,
+        value: Any,
+        options: EntryOptions | None = None,
+        *,
+        tags: Iterable[str] | None = None,
+    ) -> None:
         check_key(key)
-        await self._run_async(self._store(key, value, self._opts(options)))
+        await self._run_async(self._store(key, value, self._opts(options), normalize_tags(tags)))
 
     def remove(self, key: str, options: EntryOptions | None = None) -> None:
         """Delete `key` here, in L2 and on every other instance (`skip_memory_cache` leaves this
@@ -476,13 +506,41 @@ class HybridCache(IncomingMessages):
     async def expire_async(self, key: str, options: EntryOptions | None = None) -> None:
         await self._run_async(self._expire(key, self._opts(options)))
 
+    def remove_by_tag(self, tag: str, options: EntryOptions | None = None) -> None:
+        """Remove every entry carrying `tag`, here, in L2 and on every other instance (also
+        those that start later: the mark is kept in L2)."""
+        self._run_sync(self._by_tag(tag, True, self._opts(options)))
+
+    async def remove_by_tag_async(self, tag: str, options: EntryOptions | None = None) -> None:
+        await self._run_async(self._by_tag(tag, True, self._opts(options)))
+
+    def expire_by_tag(self, tag: str, options: EntryOptions | None = None) -> None:
+        """Expire every entry carrying `tag` everywhere, as `remove_by_tag`, but values made
+        with fail-safe are kept as fallbacks."""
+        self._run_sync(self._by_tag(tag, False, self._opts(options)))
+
+    async def expire_by_tag_async(self, tag: str, options: EntryOptions | None = None) -> None:
+        await self._run_async(self._by_tag(tag, False, self._opts(options)))
+
     def clear(self, allow_fail_safe: bool = True) -> None:
         """Expire (`allow_fail_safe`) or remove every entry, here and on every other instance.
-        L2 values written before the clear are no longer served as fresh by this cache."""
+        L2 values written before the clear are no longer served as fresh by any instance, also
+        one that starts later (a clear mark is kept in L2)."""
         self._run_sync(self._clear(allow_fail_safe))
 
     async def clear_async(self, allow_fail_safe: bool = True) -> None:
         await self._run_async(self._clear(allow_fail_safe))
+
+    def cached(
+        self,
+        key: str | Callable[..., str] | None = None,
+        *,
+        tags: Iterable[str] | Callable[..., Iterable[str]] | None = None,
+        options: EntryOptions | None = None,
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Decorate a function (sync or `async def`) so its result is cached: see
+        `cache._decorator` for how the key and tags are made from the arguments."""
+        return cached(self, key, tags, options)
 
     # ---------------------------------------------------------------- auto-recovery
 

@@ -15,6 +15,8 @@ from ._stats import CacheEvents, emit
 
 logger = logging.getLogger("cache._hybrid")
 
+_TAG_ACTIONS = (BackplaneMessageAction.TAG_REMOVE, BackplaneMessageAction.TAG_EXPIRE)
+
 
 class IncomingMessages(CacheCore):
     """The handlers `HybridCache` gives its backplane (a base of `HybridCache`)."""
@@ -29,7 +31,10 @@ class IncomingMessages(CacheCore):
 
     def _on_backplane_message(self, message: BackplaneMessage) -> None:
         """Apply another instance's change to L1 (called from the backplane's thread)."""
-        if message.source_id == self.instance_id:
+        if (
+            message.source_id == self.instance_id
+            or self.options.ignore_incoming_backplane_notifications
+        ):
             return
         self._counts.backplane_received += 1
         logger.debug(
@@ -51,6 +56,13 @@ class IncomingMessages(CacheCore):
             self._marks.learn(CLEAR, message.timestamp, NEVER)
             self._expire_all_local(message.timestamp, message.timestamp)
             return
+        if message.action in _TAG_ACTIONS:
+            if message.action is BackplaneMessageAction.TAG_REMOVE:
+                self._marks.learn(message.cache_key, NEVER, message.timestamp)
+            else:
+                self._marks.learn(message.cache_key, message.timestamp, NEVER)
+            self._apply_mark(message.cache_key)
+            return
         if message.action is BackplaneMessageAction.ENTRY_EXPIRE:
             self._marks.expire_key(message.cache_key, message.timestamp)
         entry = self._memory.entries.get(message.cache_key)
@@ -67,6 +79,8 @@ class IncomingMessages(CacheCore):
     def _on_backplane_messages_lost(self) -> None:
         """An invalidation may have been lost: expire every local entry (values kept for
         fail-safe); the next read takes a newer L2 value if there is one, else calls the factory."""
+        if self.options.ignore_incoming_backplane_notifications:
+            return
         logger.warning(
             "cache %r: backplane messages may have been lost; expiring every local entry "
             "(values kept for fail-safe)",

@@ -22,7 +22,9 @@ class Entry:
     """One L1 entry. Times are seconds on the cache's clock."""
 
     __slots__ = (
+        "etag",
         "invalidated_at",
+        "last_modified",
         "logical_expiration",
         "physical_expiration",
         "refresh_at",
@@ -42,6 +44,8 @@ class Entry:
         invalidated_at: float = NEVER,
         stale: bool = False,
         tags: tuple[str, ...] = (),
+        etag: str | None = None,
+        last_modified: float | None = None,
     ) -> None:
         self.value = value
         self.timestamp = timestamp
@@ -57,6 +61,9 @@ class Entry:
         """A stale value served as fresh for a while by fail-safe (`throttled`)."""
         self.tags = tags
         """The entry's tags (`remove_by_tag`, `expire_by_tag`)."""
+        self.etag = etag
+        """The ETag the factory gave the value (`ctx.modified`), for a conditional refresh."""
+        self.last_modified = last_modified
 
     @classmethod
     def create(
@@ -67,6 +74,8 @@ class Entry:
         options: EntryOptions,
         logical_expiration: float | None = None,
         tags: tuple[str, ...] = (),
+        etag: str | None = None,
+        last_modified: float | None = None,
     ) -> Entry:
         """An entry made at `timestamp` under `options` (jitter applied unless `logical_expiration`)."""
         if logical_expiration is None:
@@ -81,7 +90,16 @@ class Entry:
             refresh_at = min(
                 refresh_at, timestamp + options.duration * options.eager_refresh_threshold
             )
-        return cls(value, timestamp, logical_expiration, physical, refresh_at, tags=tags)
+        return cls(
+            value,
+            timestamp,
+            logical_expiration,
+            physical,
+            refresh_at,
+            tags=tags,
+            etag=etag,
+            last_modified=last_modified,
+        )
 
     @property
     def keeps_stale_value(self) -> bool:
@@ -99,6 +117,8 @@ class Entry:
             max(self.invalidated_at, invalidated_at),
             self.stale,
             self.tags,
+            self.etag,
+            self.last_modified,
         )
 
     def throttled(self, now: float, options: EntryOptions) -> Entry:
@@ -113,6 +133,8 @@ class Entry:
             self.invalidated_at,
             stale=True,
             tags=self.tags,
+            etag=self.etag,
+            last_modified=self.last_modified,
         )
 
 

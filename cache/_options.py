@@ -112,20 +112,67 @@ class EntryOptions(EnvSettings):
         metadata=_entry("distributed_cache_duration"),
     )
     """Freshness in the distributed cache; `None` means `duration`."""
+    distributed_cache_soft_timeout: float | None = attrs.field(
+        default=None,
+        converter=_optional_seconds,
+        validator=_timeout,
+        metadata=_entry("distributed_cache_soft_timeout"),
+    )
+    """With a stale value to fall back to: stop waiting for an L2 read after this long (the
+    read goes on in the background)."""
+    distributed_cache_hard_timeout: float | None = attrs.field(
+        default=None,
+        converter=_optional_seconds,
+        validator=_timeout,
+        metadata=_entry("distributed_cache_hard_timeout"),
+    )
+    """Always: stop waiting for any L2 operation after this long (it goes on in the
+    background; a read counts as a miss)."""
+    allow_background_distributed_cache_operations: bool = attrs.field(
+        default=False, metadata=_entry("allow_background_distributed_cache_operations")
+    )
+    """L2 writes and removes (and the backplane message after them) run in the background:
+    the caller does not wait for them."""
     skip_distributed_cache: bool = attrs.field(
         default=False, metadata=_entry("skip_distributed_cache")
     )
+    """Neither read nor write L2 (both flags below at once)."""
+    skip_distributed_cache_read: bool = attrs.field(
+        default=False, metadata=_entry("skip_distributed_cache_read")
+    )
+    """Do not read L2 (writes still go to it)."""
+    skip_distributed_cache_write: bool = attrs.field(
+        default=False, metadata=_entry("skip_distributed_cache_write")
+    )
+    """Do not write or remove in L2 (reads still come from it)."""
+    skip_distributed_cache_read_when_stale: bool = attrs.field(
+        default=False, metadata=_entry("skip_distributed_cache_read_when_stale")
+    )
+    """When L1 holds a stale copy, do not look in L2 for a newer one (call the factory): with a
+    backplane, a newer L2 value would have been announced."""
     skip_backplane_notifications: bool = attrs.field(
         default=False, metadata=_entry("skip_backplane_notifications")
     )
     skip_memory_cache: bool = attrs.field(default=False, metadata=_entry("skip_memory_cache"))
 
     def __attrs_post_init__(self) -> None:
-        soft, hard = self.factory_soft_timeout, self.factory_hard_timeout
-        if soft is not None and hard is not None and soft > hard:
-            raise ValueError(
-                f"factory_soft_timeout ({soft}s) must not exceed factory_hard_timeout ({hard}s)"
-            )
+        for what in ("factory", "distributed_cache"):
+            soft = getattr(self, f"{what}_soft_timeout")
+            hard = getattr(self, f"{what}_hard_timeout")
+            if soft is not None and hard is not None and soft > hard:
+                raise ValueError(
+                    f"{what}_soft_timeout ({soft}s) must not exceed {what}_hard_timeout ({hard}s)"
+                )
+
+    @property
+    def reads_distributed_cache(self) -> bool:
+        """Neither `skip_distributed_cache` nor `skip_distributed_cache_read`."""
+        return not (self.skip_distributed_cache or self.skip_distributed_cache_read)
+
+    @property
+    def writes_distributed_cache(self) -> bool:
+        """Neither `skip_distributed_cache` nor `skip_distributed_cache_write`."""
+        return not (self.skip_distributed_cache or self.skip_distributed_cache_write)
 
     def duplicate(self, **changes: Any) -> EntryOptions:
         """A copy with `changes` applied (validated again)."""
@@ -182,15 +229,21 @@ class CacheOptions(EnvSettings):
     """How long a tag or clear mark read from L2 is trusted before it is read again (the
     backplane brings newer ones meanwhile; 0 reads it on every L2 hit)."""
     marker_duration: float = attrs.field(
-        default=math.inf,
+        default=30 * 86400.0,
         converter=_seconds,
         validator=number(
             minimum=0, infinite_ok=True, what="a number of seconds", note="inf: no expiry"
         ),
         metadata=env("CACHE_MARKER_DURATION"),
     )
-    """How long L2 keeps a tag or clear mark: at least as long as the entries it covers live
-    in L2 (`inf`: no expiry; the marks are one small key per tag)."""
+    """How long L2 keeps a tag or clear mark (30 days): keep it at least as long as the entries
+    it covers live in L2 (`fail_safe_max_duration`, 1 day by default); `inf`: no expiry (the
+    marks are one small key per tag)."""
+    ignore_incoming_backplane_notifications: bool = attrs.field(
+        default=False, metadata=env("CACHE_IGNORE_INCOMING_BACKPLANE_NOTIFICATIONS")
+    )
+    """Publish on the backplane but apply nothing received from it (nor lost-message alarms):
+    for an instance that must keep what it has, such as a read-mostly worker."""
     background_workers: int = attrs.field(
         default=4, validator=_at_least_one, metadata=env("CACHE_BACKGROUND_WORKERS")
     )

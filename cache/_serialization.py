@@ -86,6 +86,10 @@ class DistributedEntry:
     """When the value stops being fresh (it may stay longer for fail-safe)."""
     tags: tuple[str, ...] = ()
     """The entry's tags: a tag mark newer than `timestamp` makes it stale or gone."""
+    etag: str | None = None
+    last_modified: float | None = None
+    """What the factory said of the value's version (`ctx.modified`), for a conditional
+    refresh on any instance."""
 
 
 def encode_entry(serializer: Serializer, entry: DistributedEntry) -> bytes:
@@ -96,6 +100,10 @@ def encode_entry(serializer: Serializer, entry: DistributedEntry) -> bytes:
     }
     if entry.tags:
         header["tg"] = list(entry.tags)
+    if entry.etag is not None:
+        header["et"] = entry.etag
+    if entry.last_modified is not None:
+        header["lm"] = entry.last_modified
     return b"".join(
         (
             _MAGIC,
@@ -127,12 +135,16 @@ def decode_entry(
             return None
         value = serializer.deserialize(payload, cls)
         tags = _tags(header.get("tg"))
+        etag = header.get("et")
+        last_modified = header.get("lm")
+        if not (etag is None or isinstance(etag, str)):
+            raise ValueError("malformed etag in the entry header")
+        if last_modified is not None:
+            last_modified = float(last_modified)
     except Exception as exc:
         logger.warning("L2 entry %r cannot be decoded (%s): treated as a miss", key, exc)
         return None
-    return DistributedEntry(
-        value=value, timestamp=timestamp, logical_expiration=expiration, tags=tags
-    )
+    return DistributedEntry(value, timestamp, expiration, tags, etag, last_modified)
 
 
 def _tags(raw: object) -> tuple[str, ...]:

@@ -23,25 +23,31 @@ T = TypeVar("T")
 
 @attrs.frozen
 class L2Get:
-    """Read `key` from the distributed cache; the result is its bytes or `None`."""
+    """Read `key` from the distributed cache; the result is its bytes or `None` (also when
+    `timeout` seconds pass first: the read goes on in the background)."""
 
     key: str
+    timeout: float | None = None
 
 
 @attrs.frozen
 class L2Set:
-    """Write `data` under `key` for `ttl` seconds; the result is whether it was written."""
+    """Write `data` under `key` for `ttl` seconds; the result is whether it was written
+    (`False` too when `timeout` seconds pass first: the write goes on in the background)."""
 
     key: str
     data: bytes
     ttl: float
+    timeout: float | None = None
 
 
 @attrs.frozen
 class L2Remove:
-    """Delete `key` from the distributed cache; the result is whether it was deleted."""
+    """Delete `key` from the distributed cache; the result is whether it was deleted (as
+    `L2Set` for `timeout`)."""
 
     key: str
+    timeout: float | None = None
 
 
 @attrs.frozen
@@ -62,13 +68,15 @@ class CallFactory:
 
 @attrs.frozen
 class CompleteInBackground:
-    """A timed-out factory (`pending`) keeps running; when it succeeds its value is stored for
-    `key` under `options`. Meanwhile it is the key's running call (`Flights.running`): a later
-    load waits for it rather than calling the factory again. No result."""
+    """A timed-out factory (`pending`) keeps running; when it succeeds, `complete(value)` (a
+    core generator: resolve the value, store it) runs. Meanwhile it is the key's running call
+    (`Flights.running`, with `context`): a later load waits for it rather than calling the
+    factory again. No result."""
 
     key: str
     pending: concurrent.futures.Future[Any] | asyncio.Future[Any]
-    options: EntryOptions
+    context: Any
+    complete: Callable[[Any], Generator[Any, Any, Any]]
 
 
 @attrs.frozen
@@ -81,6 +89,14 @@ class AwaitPending:
 
 
 @attrs.frozen
+class InBackground:
+    """Run `operation` (a core generator) in the background; the caller goes on at once.
+    No result."""
+
+    operation: Generator[Any, Any, Any]
+
+
+@attrs.frozen
 class Outcome:
     """How a factory call ended: a value, an error, or still running after the timeout."""
 
@@ -89,6 +105,15 @@ class Outcome:
     pending: concurrent.futures.Future[Any] | asyncio.Future[Any] | None = None
 
 
-Step = L2Get | L2Set | L2Remove | Publish | CallFactory | CompleteInBackground | AwaitPending
+Step = (
+    L2Get
+    | L2Set
+    | L2Remove
+    | Publish
+    | CallFactory
+    | CompleteInBackground
+    | AwaitPending
+    | InBackground
+)
 Gen = Generator[Step, Any, T]
 """A core operation: yields steps, receives their results, returns the operation's result."""
