@@ -54,7 +54,11 @@ _BACK_ONLINE = {
 
 @attrs.frozen
 class BackplaneWireMessage:
-    """A `BackplaneMessage` as the event's param (plain JSON fields, versioned)."""
+    """A `BackplaneMessage` as the event's param (plain JSON fields, versioned).
+
+    Changes are additive within version 1: new `action` values (``tag_remove``,
+    ``tag_expire``) are ignored, logged once a minute, by a release that does not know them,
+    and every field an older release sends is still read the same way."""
 
     cache_key: str
     action: str
