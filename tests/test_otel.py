@@ -671,3 +671,27 @@ except ImportError as exc:
 def test_a_bad_lag_sample_rate_is_refused_naming_it(bad: object) -> None:
     with pytest.raises(ValueError, match="lag_samples_per_second"):
         instrument(lag_samples_per_second=bad)  # type: ignore[arg-type]
+
+
+def test_cache_spans_keep_the_factory_context(telemetry: list[Telemetry]) -> None:
+    from cache import FactoryContext
+
+    t = Telemetry()
+    telemetry.append(t)
+    cache = HybridCache(CacheOptions(name="products"))
+    traced = t.instrument(caches=[cache], cache_spans=True)
+    seen: list[str] = []
+
+    def load(ctx: FactoryContext[int]) -> int:
+        seen.append(ctx.key)
+        return 6
+
+    async def load_async(ctx: FactoryContext[int]) -> int:
+        seen.append(ctx.key)
+        return 7
+
+    assert cache.get_or_set("f", load) == 6
+    assert asyncio.run(cache.get_or_set_async("g", load_async)) == 7
+    assert seen == ["f", "g"]
+    assert [dict(s.attributes or {})["cache.key"] for s in t.spans("cache factory")] == ["f", "g"]
+    traced.uninstrument()

@@ -708,6 +708,7 @@ class _BrokerTelemetry:
 
 def _trace_cache(cache: HybridCache, tracer: trace.Tracer) -> dict[str, Callable[..., Any]]:
     """Wrap the instance's `get_or_set` faces (the class keeps its untraced hit path)."""
+    from cache._context import takes_context
     from cache._hybrid import _is_async_callable
 
     plain = cache.get_or_set
@@ -717,23 +718,40 @@ def _trace_cache(cache: HybridCache, tracer: trace.Tracer) -> dict[str, Callable
     def attributes(key: str) -> dict[str, str]:
         return {"cache.name": name, "cache.key": key[:256] if isinstance(key, str) else repr(key)}
 
-    def traced_factory(factory: Callable[[], Any], key: str) -> Callable[[], Any]:
+    def traced_factory(factory: Callable[..., Any], key: str) -> Callable[..., Any]:
+        """`factory` under a span; takes the `FactoryContext` too when `factory` does."""
         parent = otel_context.get_current()  # the factory may run on a worker thread
 
+        def span() -> Any:
+            return tracer.start_as_current_span(
+                "cache factory", context=parent, attributes=attributes(key)
+            )
+
+        # The cache tells factories apart by being async and by taking a context: keep both.
         if _is_async_callable(factory):
+            if takes_context(factory):
+
+                async def run_async_with(ctx: Any) -> Any:
+                    with span():
+                        return await factory(ctx)
+
+                return run_async_with
 
             async def run_async() -> Any:
-                with tracer.start_as_current_span(
-                    "cache factory", context=parent, attributes=attributes(key)
-                ):
+                with span():
                     return await factory()
 
             return run_async
+        if takes_context(factory):
+
+            def run_with(ctx: Any) -> Any:
+                with span():
+                    return factory(ctx)
+
+            return run_with
 
         def run() -> Any:
-            with tracer.start_as_current_span(
-                "cache factory", context=parent, attributes=attributes(key)
-            ):
+            with span():
                 return factory()
 
         return run
