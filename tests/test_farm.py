@@ -312,6 +312,13 @@ def test_run_now_from_an_instance_without_the_scheduler_runs_it_where_it_is(farm
         site = {"Sec-Fetch-Site": "cross-site"}
         assert client.post(path, data={"csrf": csrf}, headers=site).status_code == 403
         assert client.post(f"/jobs/{uuid.uuid4()}/run", data={"csrf": csrf}).status_code == 404
+        assert client.post(f"/jobs/{SlowImport.id}/jump", data={"csrf": csrf}).status_code == 404
+        many = "&".join(f"f{i}=1" for i in range(20)) + f"&csrf={csrf}"
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        assert client.post(path, content=many, headers=form).status_code == 403
+        assert (
+            client.post(path, content="x" * 5000 + f"&csrf={csrf}", headers=form).status_code == 403
+        )
         assert scheduler.history(SlowImport.id) == []
         done = client.post(path, data={"csrf": csrf}, headers={"Origin": "http://testserver"})
         assert done.status_code == 303 and done.headers["location"] == "/?done=run"

@@ -14,15 +14,25 @@ import queue
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
+import attrs
 import httpx
 import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
+from eventbroker import EventBroker, EventBrokerOptions, InMemoryHub, InMemoryTransport
+from eventbroker.contrib._services import AppServices
+from eventbroker.contrib.farm import FarmSettings, farm_app
 from tests._browser import ARTIFACTS, ROOT, Browser, find_chromium
 
 pytestmark = pytest.mark.slow
@@ -199,3 +209,77 @@ def test_the_farm_view_of_the_running_demo(demo: Demo) -> None:
         assert refused.status_code == 401 and refused.content == b""
     assert demo.stop() == 0, "".join(demo.output)
     assert "checks held." in "".join(demo.output)
+
+
+HOSTILE = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+
+
+def test_a_hostile_peer_cannot_run_script_in_the_page(tmp_path: Path) -> None:
+    """A peer with the secret (or a bug) sends markup as its host, site, summary, job status and
+    event params: the browser shows it as text, before and after the live updates."""
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.fail(
+            "Chromium is missing: run `bash scripts/chromium.sh` (apt-get install chromium)"
+        )
+    token = secrets.token_urlsafe(24)
+    hub = InMemoryHub()
+    options = EventBrokerOptions(secret="hostile-test-secret-0123", application_name="shop")
+    services = AppServices.build(
+        transport=InMemoryTransport(hub), broker_options=options, caches=["products"]
+    )
+    peer = EventBroker(InMemoryTransport(hub), attrs.evolve(options, site_id=HOSTILE))
+    peer.host = HOSTILE
+    peer.summary_provider = lambda: {
+        "v": 1,
+        "health": "degraded",
+        "reasons": [HOSTILE],
+        "caches": [{"name": HOSTILE}],
+        "jobs": [
+            {
+                "id": str(uuid.uuid4()),
+                "name": HOSTILE,
+                "schedule": HOSTILE,
+                "running": {"run": "r1", "status": HOSTILE, "done": 1, "total": 2},
+                "runs": [{"run": "r0", "outcome": "failed", "status": HOSTILE}],
+            }
+        ],
+    }
+    app = Starlette(
+        routes=[
+            Mount(
+                "/_eventbroker", farm_app(services, settings=FarmSettings(token=token, refresh=0.5))
+            )
+        ]
+    )
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    sock = socket.create_server(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    services.start()
+    peer.start()
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.01)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/_eventbroker/"
+        with Browser(chromium) as browser:
+            browser.navigate(f"{url}?token={token}")
+            peer.raise_event(uuid.uuid4(), uuid.uuid4(), {"html": HOSTILE})
+            hub.drain()
+            browser.wait_for(
+                "document.body.innerText.includes('window.__xss=2') && "
+                "document.body.innerText.includes('\"html\"')",
+                timeout=15,
+            )
+            time.sleep(1.5)  # a few live updates swapped in
+            assert browser.evaluate("typeof window.__xss") == "undefined"
+            assert (
+                browser.evaluate("document.querySelectorAll('main img, main script').length") == 0
+            )
+            browser.screenshot(ARTIFACTS / "farm-hostile-peer.png")
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+        peer.stop()
+        services.stop()

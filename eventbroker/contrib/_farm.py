@@ -48,7 +48,7 @@ MAX_TEXT = 160
 """Characters of a status text or reason in a summary."""
 MAX_NAME = 80
 MAX_REASONS = 3
-RECENT_EVENTS = 20
+RECENT_EVENTS = 10
 GONE_KEPT = 600.0
 """Seconds an instance that stopped reporting stays listed (marked gone)."""
 _MAX_COUNT = 2**53
@@ -580,10 +580,6 @@ class FarmState:
     """Each job with the instances that run it now (its lease holder) and those that schedule
     it."""
     recent: tuple[RecentEvent, ...]
-
-    @property
-    def refusal_causes(self) -> dict[str, int]:
-        return dict(self.flow.last(float("inf")).refused)
 
 
 def _state_of(info: InstanceInfo, now: float) -> str:

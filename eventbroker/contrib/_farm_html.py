@@ -19,7 +19,9 @@ from .._flow import FlowWindow
 from ._farm import FarmState, InstanceRow, InstanceSummary, JobView, RecentEvent
 
 _CHART_SECONDS = 360.0
-_W, _H = 720, 120
+_W, _H = 720, 134
+_TOP, _BOTTOM = 15, 96
+"""The plot area's top and bottom (labels above it, the marks and the time axis below)."""
 
 DONE_MESSAGES = {
     "run": "Run requested: the job starts on the instance that schedules it.",
@@ -207,7 +209,7 @@ def _rate(window: FlowWindow, count: int) -> float:
 def _flow_chart(windows: Sequence[FlowWindow], now: float) -> str:
     t0 = now - _CHART_SECONDS
     shown = [w for w in windows if w.end > t0]
-    plot_h = _H - 30
+    plot_h = _BOTTOM - _TOP
 
     def x(t: float) -> float:
         return round((max(t, t0) - t0) / _CHART_SECONDS * _W, 1)
@@ -220,7 +222,7 @@ def _flow_chart(windows: Sequence[FlowWindow], now: float) -> str:
         f'aria-label="events per second and delivery lag, last 6 minutes">'
     ]
     for frac in (0.0, 0.5, 1.0):
-        y = round(plot_h - frac * plot_h + 2, 1)
+        y = round(_BOTTOM - frac * plot_h, 1)
         parts.append(f'<line class="grid" x1="0" x2="{_W}" y1="{y}" y2="{y}"/>')
     parts.append(
         f'<text class="axis" x="2" y="11">{_e(f"{rate_max:g}")} events/s</text>'
@@ -237,7 +239,7 @@ def _flow_chart(windows: Sequence[FlowWindow], now: float) -> str:
             height = round(_rate(w, count) / rate_max * plot_h, 1)
             if height > 0:
                 parts.append(
-                    f'<rect class="{cls}" x="{round(left + offset, 1)}" y="{round(plot_h - height + 2, 1)}" '
+                    f'<rect class="{cls}" x="{round(left + offset, 1)}" y="{round(_BOTTOM - height, 1)}" '
                     f'width="{round(half, 1)}" height="{height}"><title>{_e(_clock(w.start))}: '
                     f"{_e(count)} events {'in' if cls == 'in' else 'out'} "
                     f"({_e(f'{_rate(w, count):.1f}')}/s)</title></rect>"
@@ -245,7 +247,7 @@ def _flow_chart(windows: Sequence[FlowWindow], now: float) -> str:
         mid = round(left + width / 2, 1)
         for value, points in ((w.lag_p50, p50), (w.lag_p99, p99)):
             if value is not None:
-                y = round(plot_h - min(value * 1000 / lag_max, 1.0) * plot_h + 2, 1)
+                y = round(_BOTTOM - min(value * 1000 / lag_max, 1.0) * plot_h, 1)
                 points.append(f"{mid},{y}")
         marks = []
         if w.refused:
@@ -257,7 +259,7 @@ def _flow_chart(windows: Sequence[FlowWindow], now: float) -> str:
             marks.append(("missed", f"{w.reconnects} reconnect(s): event_missed"))
         for i, (cls, text) in enumerate(marks):
             parts.append(
-                f'<rect class="mark {cls}" x="{mid - 3}" y="{_H - 26 + i * 8}" width="6" '
+                f'<rect class="mark {cls}" x="{mid - 3}" y="{_BOTTOM + 3 + i * 8}" width="6" '
                 f'height="6"><title>{_e(_clock(w.start))}: {_e(text)}</title></rect>'
             )
     for points, cls in ((p50, "p50"), (p99, "p99")):
@@ -493,7 +495,7 @@ margin:0 4px 0 10px;vertical-align:middle}.key.in{background:var(--in)}.key.out{
 .buttons{margin:4px 0 6px}.buttons form{display:inline}button{font:inherit;padding:3px 12px;
 border-radius:4px;border:1px solid #9aa5b5;background:#fff;cursor:pointer;margin-right:6px}
 button.run{border-color:var(--in);color:var(--in)}button.stop{border-color:var(--bad);color:var(--bad)}
-td.status,td.param{word-break:break-word}.empty,.note,.asof{color:var(--muted);font-size:12px;margin:4px 0}
+td.status,td.param,.host,.why{overflow-wrap:anywhere}section{overflow-x:auto}.empty,.note,.asof{color:var(--muted);font-size:12px;margin:4px 0}
 .notice{background:#dde8fb;padding:6px 10px;border-radius:4px}progress{vertical-align:middle}
 """
 

@@ -49,7 +49,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
 
 from cache._settings import EnvSettings, env, hidden_repr, number
 
-from ._farm import FarmReporter, farm_state, request_run, request_stop
+from ._farm import FarmReporter, FarmState, farm_state, request_run, request_stop
 from ._farm_html import fragment, page
 from ._services import AppServices
 
@@ -169,7 +169,6 @@ class _Farm:
         self.event_names = dict(event_names or {})
         self.enabled = settings.token is not None or auth is not None
         self._session = None if settings.token is None else _session_value(settings.token)
-        self._watching: set[int] = set()
 
     # -- security -------------------------------------------------------------------------------
 
@@ -223,13 +222,10 @@ class _Farm:
         services = _resolve(self.source)
         if services is None:
             return None
-        reporter = services.reporter
-        if id(reporter) not in self._watching:
-            reporter.watch_events()
-            self._watching.add(id(reporter))
-        return reporter
+        services.reporter.watch_events()  # from the first look on (idempotent)
+        return services.reporter
 
-    async def state(self, reporter: FarmReporter) -> Any:
+    async def state(self, reporter: FarmReporter) -> FarmState:
         return await asyncio.to_thread(
             farm_state,
             reporter,
@@ -306,7 +302,10 @@ class _Farm:
         body = await _read_body(request)
         if body is None:
             return _forbidden("form too large")
-        form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+        try:
+            form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+        except ValueError:
+            return _forbidden("not the page's form")
         given = (form.get("csrf") or [""])[0]
         expected = request.cookies.get(CSRF_COOKIE, "")
         if not expected or not _same(given, expected):
@@ -317,13 +316,13 @@ class _Farm:
         try:
             job_id = uuid.UUID(request.path_params["job_id"])
         except ValueError:
-            return Response(b"no such job", status_code=404, media_type="text/plain")
+            return _not_found("no such job")
         state = await self.state(reporter)
         if not any(job.job_id == job_id for job, _, _ in state.jobs):
-            return Response(b"no such job", status_code=404, media_type="text/plain")
+            return _not_found("no such job")
         action = request.path_params["action"]
         if action not in ("run", "stop"):
-            return Response(b"no such action", status_code=404, media_type="text/plain")
+            return _not_found("no such action")
         do = request_run if action == "run" else request_stop
         try:
             said = await asyncio.to_thread(do, reporter, job_id)
@@ -351,6 +350,12 @@ def _same(given: str, expected: str) -> bool:
 
 def _new_csrf() -> str:
     return secrets.token_urlsafe(32)
+
+
+def _not_found(text: str) -> Response:
+    return Response(
+        text.encode(), status_code=404, media_type="text/plain", headers=_SECURITY_HEADERS
+    )
 
 
 def _forbidden(text: str) -> Response:
