@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 from hypothesis import given, settings
@@ -476,3 +477,13 @@ def test_the_page_renders_with_nothing_heard_yet() -> None:
         state = farm_state(services.reporter, now=time.time())
         html = page(state, base="/_eventbroker", csrf="c", nonce="n", refresh=0, host="h")
     assert 'data-refresh="0"' in html and "no instance reports a job scheduler" in html
+
+
+def test_an_instance_that_missed_a_heartbeat_is_late() -> None:
+    from eventbroker._presence import InstanceInfo
+    from eventbroker.contrib._farm import _state_of
+
+    info = InstanceInfo("i", "shop", None, "h", 0.0, 1000.0, None, 30.0)
+    assert _state_of(info, 1000.0 + 45) == "up"  # within one and a half intervals
+    assert _state_of(info, 1000.0 + 46) == "late"
+    assert _state_of(attrs.evolve(info, heartbeat_interval=0.0), 1e6) == "up"  # sends none
