@@ -23,6 +23,7 @@ from ._args import (
 )
 from ._broker import BrokerStats, EventBroker
 from ._errors import EventBrokerError
+from ._flow import Flow, FlowWindow
 from ._memory_transport import HubFaults, InMemoryHub, InMemoryTransport
 from ._options import EventBrokerOptions
 from ._registry import Event, EventRegistry
@@ -48,6 +49,8 @@ __all__ = [
     "EventRaiseOption",
     "EventReceivedEventArgs",
     "EventRegistry",
+    "Flow",
+    "FlowWindow",
     "Health",
     "HealthStatus",
     "HubFaults",

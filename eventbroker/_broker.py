@@ -32,6 +32,7 @@ import asyncio
 import atexit
 import concurrent.futures.thread  # registers its exit hook now, so ours (below) runs first
 import functools
+import json
 import logging
 import socket
 import threading
@@ -65,6 +66,7 @@ from ._envelope import (
     normalize_keys,
     to_wire_param,
 )
+from ._flow import Flow, FlowRecorder
 from ._options import EventBrokerOptions
 from ._presence import InstanceInfo, Presence
 from ._sequence import DedupWindow, SequenceTracker, Verdict
@@ -81,6 +83,12 @@ logger = logging.getLogger("eventbroker")
 _MAX_TICK = 0.25
 """Longest pause of the maintenance task (it wakes earlier when something is due)."""
 _MAX_KEY_SOURCES = 1000
+MAX_SUMMARY_BYTES = 8192
+"""Largest heartbeat summary sent (its JSON); a larger one is left out (and logged)."""
+_HEARTBEAT_SOON = 1.0
+"""`request_heartbeat` sends at most one extra heartbeat per this many seconds."""
+
+SummaryProvider = Callable[[], Mapping[str, Any] | None]
 
 
 @attrs.frozen
@@ -205,6 +213,13 @@ class EventBroker:
         self._unknown_key_detail: dict[str, str] = {}
         self._telemetry: BrokerTelemetry | None = None
         """Set by an instrumentation (``eventbroker.contrib.otel``): per-event spans and lag."""
+        self._flow = FlowRecorder()
+        self._heartbeat_wanted = False
+        self.summary_provider: SummaryProvider | None = None
+        """Called on the broker loop for each heartbeat: a small JSON object of this instance's
+        counters that the heartbeat carries (`InstanceInfo.summary` on the other instances).
+        Keep it cheap (no I/O); what fails, or is over `MAX_SUMMARY_BYTES`, is logged at most
+        once a minute and the heartbeat goes without it."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -408,6 +423,7 @@ class EventBroker:
 
     def _send_heartbeat(self, kind: HeartbeatKind, now: float) -> None:
         """Publish a control message carrying the last sequence number sent (never raises)."""
+        summary = self._summary() if kind is not HeartbeatKind.BYE else None
         with self._send_lock:
             self._heartbeats += 1
             heartbeat = Heartbeat(
@@ -422,6 +438,7 @@ class EventBroker:
                 self._sequence,
                 self.options.heartbeat_interval,
                 self._codec.signing_key_id,
+                summary,
             )
             try:
                 body = self._codec.encode_heartbeat(heartbeat)
@@ -439,6 +456,39 @@ class EventBroker:
             self._heartbeat_sequence = self._sequence
             self._last_heartbeat_at = now
             self._counts["heartbeats_sent"] += 1
+
+    def _summary(self) -> Mapping[str, Any] | None:
+        """The summary provider's answer, checked; None when there is none or it failed."""
+        provider = self.summary_provider
+        if provider is None:
+            return None
+        try:
+            summary = provider()
+            if summary is None:
+                return None
+            if not isinstance(summary, Mapping):
+                raise TypeError(f"a summary is a dict, got {type(summary).__name__}")
+            size = len(_summary_json(summary))
+            if size > MAX_SUMMARY_BYTES:
+                raise ValueError(
+                    f"{size} bytes of JSON, over MAX_SUMMARY_BYTES={MAX_SUMMARY_BYTES}"
+                )
+        except Exception as exc:
+            self._log.log(
+                logging.WARNING,
+                "summary",
+                "the heartbeat summary was left out: %s: %s",
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+            return None
+        return summary
+
+    def request_heartbeat(self) -> None:
+        """Send a presence heartbeat (with a fresh summary) soon, at most one a second: when
+        something others show changed (a job started or ended). Any thread; never raises."""
+        self._heartbeat_wanted = True
 
     # -- local dispatch (used by Event) ---------------------------------------------------------
 
@@ -548,6 +598,7 @@ class EventBroker:
                     ),
                 )
         self._counts["dispatched"] += 1
+        self._flow.lag(now - envelope.sent_at)
         telemetry = self._telemetry
         scope = None if telemetry is None else telemetry.receive(envelope, now)
         if debug:
@@ -779,6 +830,7 @@ class EventBroker:
         """Report due gaps, send due heartbeats, drop silent instances; the pause until next."""
         now = self._clock()
         self._check_gaps(loop, now)
+        self._flow.tick(now, self._counts, self._rejected)
         options = self.options
         pause = _MAX_TICK
         idle_delay = options.heartbeat_idle_delay
@@ -791,7 +843,10 @@ class EventBroker:
         interval = options.heartbeat_interval
         if interval:
             due = self._last_heartbeat_at + interval
+            if self._heartbeat_wanted:
+                due = min(due, self._last_heartbeat_at + _HEARTBEAT_SOON)
             if now >= due:
+                self._heartbeat_wanted = False
                 self._send_heartbeat(HeartbeatKind.PRESENCE, now)
             else:
                 pause = min(pause, due - now)
@@ -859,6 +914,12 @@ class EventBroker:
             self._sequence or None,
             self.options.heartbeat_interval,
         )
+
+    @property
+    def flow(self) -> Flow:
+        """Events in and out, delivery lag, refusals and gaps over the last minutes, in windows
+        of ten seconds (`eventbroker.Flow`; ``flow.last(60)`` merges the last minute's)."""
+        return self._flow.snapshot(self._clock(), self._counts, self._rejected)
 
     def health(self) -> Health:
         """OK, DEGRADED (disconnected, a send backlog, refusals or gaps in the last minute) or
@@ -949,6 +1010,9 @@ if hasattr(threading, "_register_atexit"):
     threading._register_atexit(_stop_started_brokers)
 else:  # pragma: no cover - every supported CPython has it
     atexit.register(_stop_started_brokers)
+
+
+_summary_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 def _utc(seconds: float) -> str:

@@ -19,8 +19,10 @@ from ._job import (
 from ._schedule import Cron, Interval, Schedule
 from ._scheduler import (
     JOBS_RAISER_ID,
+    RUN_JOB_EVENT_ID,
     STOP_JOB_EVENT_ID,
     JobScheduler,
+    RunJobRequest,
     SchedulerOptions,
     StopJobRequest,
     open_store,
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "JOBS_RAISER_ID",
     "MAX_TEXT_LENGTH",
+    "RUN_JOB_EVENT_ID",
     "STOP_JOB_EVENT_ID",
     "AbortedRun",
     "CacheInvalidator",
@@ -59,6 +62,7 @@ __all__ = [
     "JobsError",
     "ManualClock",
     "PostgresJobStore",
+    "RunJobRequest",
     "Schedule",
     "ScheduledJob",
     "SchedulerOptions",

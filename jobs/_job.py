@@ -69,6 +69,8 @@ class JobProgress:
     status: str
     done: int | None = None
     total: int | None = None
+    started_at: float | None = None
+    """When the run started (the scheduler's clock); None when unknown."""
 
 
 class JobContext:
@@ -82,11 +84,13 @@ class JobContext:
         instance_id: str,
         trigger: JobTrigger,
         on_report: Callable[[JobProgress], None],
+        started_at: float | None = None,
     ) -> None:
         self.job_id = job_id
         self.run_id = run_id
         self.instance_id = instance_id
         self.trigger = trigger
+        self.started_at = started_at
         self._on_report = on_report
         self._stop = threading.Event()
         self.status = ""
@@ -118,17 +122,20 @@ class JobContext:
     def _request_stop(self) -> None:
         self._stop.set()
 
-    def _emit(self) -> None:
-        self._on_report(
-            JobProgress(
-                job_id=self.job_id,
-                run_id=self.run_id,
-                instance_id=self.instance_id,
-                status=self.status,
-                done=self.done,
-                total=self.total,
-            )
+    def progress(self) -> JobProgress:
+        """The run's last status and progress."""
+        return JobProgress(
+            job_id=self.job_id,
+            run_id=self.run_id,
+            instance_id=self.instance_id,
+            status=self.status,
+            done=self.done,
+            total=self.total,
+            started_at=self.started_at,
         )
+
+    def _emit(self) -> None:
+        self._on_report(self.progress())
 
 
 class ScheduledJob:

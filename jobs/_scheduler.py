@@ -58,11 +58,22 @@ STOP_JOB_EVENT_ID = uuid.UUID("8d4f4c5e-7f0b-4a55-9a52-3d1c6f0b2e71")
 """The registry event that carries stop requests between instances (like Optimizely's StopJob)."""
 JOBS_RAISER_ID = uuid.UUID("2f6f0a8e-5f63-4c1e-b7b4-1e8b8f0f5d42")
 """The raiser id of every event the scheduler raises."""
+RUN_JOB_EVENT_ID = uuid.UUID("0b7e3a51-52c4-4d0e-8f6b-9a1d2c3e4f5a")
+"""The registry event that asks the schedulers of the farm to run a job now (`RunJobRequest`):
+an instance without a scheduler (a web instance's farm page) starts a job this way."""
 
 
 @attrs.frozen
 class StopJobRequest:
     """The parameter of the stop event."""
+
+    job_id: str
+    requested_by: str
+
+
+@attrs.frozen
+class RunJobRequest:
+    """The parameter of the run-now event (`RUN_JOB_EVENT_ID`)."""
 
     job_id: str
     requested_by: str
@@ -201,11 +212,14 @@ class JobScheduler:
         self._finished_listeners: list[Callable[[JobRun], None]] = []
         self._stop_event: Event | None = None
         self._stop_sub: Subscription | None = None
+        self._run_sub: Subscription | None = None
         self._telemetry: RunTelemetry | None = None
         """Set by an instrumentation (``eventbroker.contrib.otel``): a span and metrics per run."""
         if registry is not None:
             self._stop_event = registry.get(STOP_JOB_EVENT_ID, param_type=StopJobRequest)
             self._stop_sub = self._stop_event.raised.subscribe(self._on_stop_event)
+            run_event = registry.get(RUN_JOB_EVENT_ID, param_type=RunJobRequest)
+            self._run_sub = run_event.raised.subscribe(self._on_run_event)
         for job in jobs:
             self.register(job)
 
@@ -284,9 +298,10 @@ class JobScheduler:
                         self.options.shutdown_timeout,
                     )
         self._flush_ends(deadline)
-        if self._stop_sub is not None:
-            self._stop_sub.unsubscribe()
-            self._stop_sub = None
+        for sub in (self._stop_sub, self._run_sub):
+            if sub is not None:
+                sub.unsubscribe()
+        self._stop_sub = self._run_sub = None
         if self._owns_store:
             self.store.close()
 
@@ -357,6 +372,12 @@ class JobScheduler:
 
     async def history_async(self, job_id: uuid.UUID | str, limit: int = 50) -> list[JobRun]:
         return await asyncio.to_thread(self.history, job_id, limit)
+
+    def running(self) -> list[JobProgress]:
+        """The runs executing on this instance now: each one's start, last status and progress."""
+        with self._lock:
+            runs = [r for r in self._running.values() if r.end is None]
+        return [r.ctx.progress() for r in runs]
 
     def is_running(self, job_id: uuid.UUID | str) -> bool:
         """True while this instance runs the job."""
@@ -545,6 +566,7 @@ class JobScheduler:
             instance_id=self.instance_id,
             trigger=trigger,
             on_report=self._report,
+            started_at=now,
         )
         running = _Running(job, ctx, lease)
         running.thread = threading.Thread(
@@ -806,6 +828,33 @@ class JobScheduler:
                 job.display_name,
                 getattr(param, "requested_by", "?"),
             )
+
+    def _on_run_event(self, notification: EventNotification) -> None:
+        """Another instance asked for a run now: queue it when the job is registered here."""
+        if notification.is_local:
+            return
+        param = notification.param
+        job_id = getattr(param, "job_id", None)
+        try:
+            key = uuid.UUID(str(job_id))
+        except ValueError:
+            log.warning("run request with a bad job id %r ignored", job_id)
+            return
+        job = self._jobs.get(key)
+        if job is None or self._stopping.is_set():
+            return
+        requested_by = getattr(param, "requested_by", "?")
+        try:
+            self.run_now(key)
+        except Exception as exc:  # the store is down: the requester sees no run start
+            log.warning(
+                "job %s: the run requested by instance %s could not be queued: %s",
+                job.display_name,
+                requested_by,
+                describe(exc),
+            )
+            return
+        log.info("job %s: run requested by instance %s", job.display_name, requested_by)
 
 
 async def _awaited(result: Awaitable[Any]) -> Any:

@@ -64,3 +64,47 @@ def test_stop_request_from_another_instance_stops_the_running_job(
     assert run.outcome is JobOutcome.STOPPED and run.status_message.startswith("stopped after")
     assert run.instance_id == runner.instance_id
     assert other.history(BlockingJob.id)[0].outcome is JobOutcome.STOPPED
+
+
+def test_a_run_request_from_an_instance_without_the_job_reaches_the_schedulers(
+    tmp_path: Path,
+) -> None:
+    """A web instance (no scheduler) raises RUN_JOB_EVENT_ID; the job instance's scheduler runs
+    the job; requests naming a bad or unknown job are ignored."""
+    from eventbroker import EventRaiseOption
+    from jobs import JOBS_RAISER_ID, RUN_JOB_EVENT_ID, RunJobRequest
+
+    hub = InMemoryHub()
+    options = EventBrokerOptions(secret="test-secret-0123456789", application_name="jobs")
+    with (
+        EventBroker(InMemoryTransport(hub), options) as web,
+        EventBroker(InMemoryTransport(hub), options) as worker,
+    ):
+        job = BlockingJob()
+        scheduler = JobScheduler(
+            [job],
+            store=SqliteJobStore(tmp_path / "jobs.sqlite3"),
+            registry=EventRegistry(worker),
+            options=SchedulerOptions(poll_interval=0.05),
+        )
+        try:
+            request = EventRegistry(web).get(RUN_JOB_EVENT_ID, param_type=RunJobRequest)
+            for job_id in ("not-a-uuid", "3f0c6a52-7d7e-4a3e-9d1e-2b8f3c4d5e6f"):
+                request.raise_(JOBS_RAISER_ID, RunJobRequest(job_id, web.instance_id))
+            hub.drain()
+            assert scheduler.run_pending(wait=False) == []  # nothing was queued
+            request.raise_(
+                JOBS_RAISER_ID,
+                RunJobRequest(str(BlockingJob.id), web.instance_id),
+                EventRaiseOption.RAISE_BROADCAST,
+            )
+            hub.drain()
+            [run] = scheduler.run_pending(wait=False)
+            assert job.started.wait(10)
+            [progress] = scheduler.running()
+            assert (progress.job_id, progress.run_id) == (BlockingJob.id, run.run_id)
+            assert progress.started_at == run.started_at
+        finally:
+            job.release.set()
+            scheduler.stop()
+        assert scheduler.running() == []

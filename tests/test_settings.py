@@ -28,6 +28,7 @@ from cache._settings import HIDDEN, INTEGER, EnvField, EnvSettings, env_fields, 
 from eventbroker import EventBrokerOptions
 from eventbroker.contrib._services import ServicesSettings
 from eventbroker.contrib.django import DjangoSettings
+from eventbroker.contrib.farm import FarmSettings
 from eventbroker.servicebus import ServiceBusConfigurationError, ServiceBusOptions
 from jobs import SchedulerOptions
 from samples.inventory._settings import InventorySettings
@@ -81,6 +82,7 @@ def test_every_options_class_uses_the_mechanism() -> None:
         "InventorySettings",
         "ServicesSettings",
         "DjangoSettings",
+        "FarmSettings",
     }
     assert expected <= names
 
@@ -203,6 +205,7 @@ _SAMPLES: dict[str, tuple[str, Any]] = {
     "database_url": ("postgresql://app:pw@db/inventory", "postgresql://app:pw@db/inventory"),
     "jobs_store": ("postgresql://app:pw@db/jobs", "postgresql://app:pw@db/jobs"),
     "transport": ("MEMORY", "memory"),
+    "token": ("farm-token-0123456789", "farm-token-0123456789"),
 }
 
 
@@ -316,6 +319,7 @@ SECRET_FIELDS = [
     (EventBrokerOptions, "secret", "EVENTBROKER_SECRET"),
     (ServiceBusOptions, "connection_string", "EVENTBROKER_SERVICEBUS_CONNECTION_STRING"),
     (InventorySettings, "secret", "EVENTBROKER_SECRET"),
+    (FarmSettings, "token", "EVENTBROKER_FARM_TOKEN"),
 ]
 
 
@@ -374,6 +378,7 @@ DOCUMENTED_IN = {
     InventorySettings: ["README.md", "docs/inventory-sample.md"],
     ServicesSettings: ["README.md", "docs/starlette.md"],
     DjangoSettings: ["README.md", "docs/django.md"],
+    FarmSettings: ["README.md", "docs/farm.md"],
 }
 
 

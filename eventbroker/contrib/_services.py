@@ -27,6 +27,7 @@ from .._memory_transport import InMemoryHub, InMemoryTransport
 from .._options import EventBrokerOptions
 from .._registry import EventRegistry
 from .._transport import Transport
+from ._farm import FarmReporter
 
 if TYPE_CHECKING:
     from cache import DistributedCache
@@ -59,6 +60,11 @@ class ServicesSettings(EnvSettings):
         default="jobs.sqlite3", repr=url_repr, metadata=env("JOBS_STORE", url=True)
     )
     """The job store on the jobs role: a SQLite path or a ``postgresql://`` URL."""
+    heartbeat_summary: bool = attrs.field(
+        default=True, metadata=env("EVENTBROKER_HEARTBEAT_SUMMARY")
+    )
+    """Whether this instance's heartbeats carry a summary of its counters (events, lag, caches,
+    jobs) that the farm page of every other instance shows."""
 
 
 class AppServicesArgs(TypedDict, total=False):
@@ -105,6 +111,9 @@ class AppServicesArgs(TypedDict, total=False):
     at first use): called with a function making an `EventBrokerBackplane` on the broker once
     the broker runs, and with None when stopping (after the scheduler, before the broker).
     Django's is `cache.contrib.django.use_backplane`."""
+    heartbeat_summary: bool
+    """Whether heartbeats carry this instance's summary for the farm page. Default:
+    ``EVENTBROKER_HEARTBEAT_SUMMARY``, else true."""
     environ: Mapping[str, str]
     """Where settings are read from. Default: the process's environment."""
 
@@ -197,6 +206,8 @@ class AppServices:
         caches: Mapping[str, HybridCache],
         scheduler: JobScheduler | None = None,
         attach_backplane: Callable[[Callable[[], Backplane] | None], None] | None = None,
+        *,
+        heartbeat_summary: bool = True,
     ) -> None:
         self.broker = broker
         self.registry = registry
@@ -205,6 +216,14 @@ class AppServices:
         self.scheduler = scheduler
         """The job scheduler; None when this instance does not have the jobs role."""
         self._attach_backplane = attach_backplane
+        self.more_caches: Callable[[], Iterable[HybridCache]] | None = None
+        """Caches built elsewhere (Django's cache framework builds its own) that the farm page
+        and the heartbeat summary show besides `caches`."""
+        self.heartbeat_summary = heartbeat_summary
+        self.reporter = FarmReporter(
+            broker, registry, lambda: self.all_caches().values(), scheduler, self.health
+        )
+        """What this instance tells the farm in its heartbeats and shows on its farm page."""
         self._lock = threading.Lock()
         self._started = False
         self._stop_steps: list[_StopStep] | None = None
@@ -261,7 +280,15 @@ class AppServices:
             for cache in built:
                 cache.close()
             raise
-        return cls(broker, registry, caches, scheduler, args.get("attach_backplane"))
+        summary = args.get("heartbeat_summary")
+        return cls(
+            broker,
+            registry,
+            caches,
+            scheduler,
+            args.get("attach_backplane"),
+            heartbeat_summary=settings.heartbeat_summary if summary is None else summary,
+        )
 
     @staticmethod
     def _build_cache(
@@ -319,6 +346,17 @@ class AppServices:
     def is_started(self) -> bool:
         return self._started
 
+    def all_caches(self) -> dict[str, HybridCache]:
+        """`caches` and those of `more_caches`, by name (the first of a name wins)."""
+        found = dict(self.caches)
+        if self.more_caches is not None:
+            try:
+                for cache in self.more_caches():
+                    found.setdefault(cache.options.name, cache)
+            except Exception as exc:
+                logger.debug("listing more caches failed: %s", exc)
+        return found
+
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
@@ -333,11 +371,13 @@ class AppServices:
             self._started = True
         began = time.monotonic()
         try:
+            self.reporter.attach(summary=self.heartbeat_summary)
             self.broker.start()
             if self._attach_backplane is not None:
                 self._attach_backplane(self._backplane)
             if self.scheduler is not None:
                 self.scheduler.start()
+            self.broker.request_heartbeat()  # the hello went out while starting: say "started"
         except BaseException:
             self.stop()
             raise
@@ -398,6 +438,7 @@ class AppServices:
             (f"cache {name!r}", cache.close, cache.close_async)
             for name, cache in reversed(self.caches.items())
         ]
+        steps.append(("farm reporter", self.reporter.detach, _async(self.reporter.detach)))
         steps.append(("event broker", self.broker.stop, self.broker.stop_async))
         return steps
 
@@ -448,6 +489,13 @@ class AppServices:
             f"<AppServices {state} broker={self.broker!r} caches={list(self.caches)} "
             f"scheduler={'on' if self.scheduler is not None else 'off'}>"
         )
+
+
+def _async(fn: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        fn()
+
+    return run
 
 
 def _checked(component: str, check: Callable[[], Health]) -> Health:

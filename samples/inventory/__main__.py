@@ -47,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--chunk-pause", type=float, default=0.0, help="job role: seconds between upsert chunks"
     )
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="demo only: keep the instances serving after the story (the farm view shows them) "
+        "until Ctrl-C",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log library messages")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ._demo import run_demo
 
-    return run_demo(settings)
+    return run_demo(settings, serve=args.serve)
 
 
 if __name__ == "__main__":

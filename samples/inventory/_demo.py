@@ -6,6 +6,7 @@ Prints a short timeline; returns 0 only if every check held.
 from __future__ import annotations
 
 import secrets
+import signal
 import sys
 import tempfile
 import threading
@@ -18,6 +19,7 @@ import attrs
 import httpx
 
 from eventbroker import InMemoryHub, InMemoryTransport
+from eventbroker.contrib.farm import FarmSettings
 from jobs import JobOutcome, JobProgress, JobRun
 
 from ._db import InventoryDb
@@ -25,6 +27,7 @@ from ._feed import PRODUCTS, InventoryFeed, stock_level
 from ._instances import JobInstance, ReceivedLog, WebInstance
 from ._keys import product_key
 from ._settings import InventorySettings
+from ._web import FARM_PATH
 
 DEMO_SKU = PRODUCTS[0][0]
 DEMO_CACHE_SECONDS = 2.0
@@ -135,6 +138,11 @@ class WebHandle(Protocol):
     received: ReceivedLog
     """The backplane messages it received."""
 
+    @property
+    def instance_id(self) -> str:
+        """Its broker's instance id."""
+        ...
+
 
 class JobHandle(Protocol):
     """The job instance as the story sees it."""
@@ -184,10 +192,24 @@ def demo_settings(settings: InventorySettings) -> InventorySettings:
     )
 
 
-def run_demo(settings: InventorySettings, out: TextIO = sys.stdout) -> int:
-    """The embedded demo: everything in this process on one in-memory hub."""
+def demo_farm() -> FarmSettings:
+    """The farm view's settings: ``EVENTBROKER_FARM_*``, with a random token unless one is set."""
+    farm = FarmSettings.from_env()
+    return farm if farm.token else attrs.evolve(farm, token=secrets.token_urlsafe(24))
+
+
+def farm_address(web: WebHandle, token: str) -> str:
+    """The farm view of `web`, with the token that lets a browser in."""
+    return f"{web.url}{FARM_PATH}/?token={token}"
+
+
+def run_demo(settings: InventorySettings, out: TextIO = sys.stdout, *, serve: bool = False) -> int:
+    """The embedded demo: everything in this process on one in-memory hub. With `serve`, the
+    instances keep serving after the story (the farm view shows them) until Ctrl-C or SIGTERM."""
     t = Timeline(out)
     settings = demo_settings(settings)
+    farm = demo_farm()
+    token = farm.token or ""
     t.step("Setting up (one process: in-memory hub, SQLite in a temp dir, no services)")
     hub = InMemoryHub()
     webs: list[WebInstance] = []
@@ -199,9 +221,12 @@ def run_demo(settings: InventorySettings, out: TextIO = sys.stdout) -> int:
 
         def start_webs() -> list[WebHandle]:
             for name in ("web-1", "web-2"):
-                web = WebInstance(name, InMemoryTransport(hub), settings, db=db, feed_url=feed.url)
+                web = WebInstance(
+                    name, InMemoryTransport(hub), settings, db=db, feed_url=feed.url, farm=farm
+                )
                 webs.append(web.start())
                 t.say(f"{name} serving on {web.url} (own EventBroker + HybridCache)")
+            t.say(f"farm view: {farm_address(webs[0], token)}")
             return list(webs)
 
         try:
@@ -214,7 +239,10 @@ def run_demo(settings: InventorySettings, out: TextIO = sys.stdout) -> int:
                 jobs_store=str(Path(tmp) / "jobs.sqlite3"),
                 chunk_pause=0.15,
             ).start()
-            run_story(t, feed, LocalJob(job, t.progress), start_webs, settings.cache_seconds)
+            run_story(t, feed, LocalJob(job, t.progress), start_webs, settings.cache_seconds, token)
+            if serve:
+                feed.failing = False
+                serve_until_stopped(t, webs, job.broker.instance_id, token)
         finally:
             for web in webs:
                 web.stop()
@@ -223,14 +251,36 @@ def run_demo(settings: InventorySettings, out: TextIO = sys.stdout) -> int:
     return t.verdict()
 
 
+def serve_until_stopped(
+    t: Timeline, webs: list[WebInstance], job_instance_id: str, token: str
+) -> None:
+    """Keep the instances up until Ctrl-C or SIGTERM, saying where the farm view is."""
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        t.step("Serving until Ctrl-C (the inventory system is back up)")
+        for web in webs:
+            t.say(f"{web.name}: {web.url}/products/SKU-001 (instance {web.instance_id})")
+        t.say(f"job-1: instance {job_instance_id}")
+        t.say(f"farm view: {farm_address(webs[0], token)}")
+        stop.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_story(
     t: Timeline,
     feed: InventoryFeed,
     job: JobHandle,
     start_webs: Callable[[], list[WebHandle]],
     cache_seconds: float,
+    farm_token: str | None = None,
 ) -> None:
-    """The timeline: the same steps whatever runs the instances."""
+    """The timeline: the same steps whatever runs the instances (and, with the farm view's
+    token, a look at the farm view)."""
     with httpx.Client(timeout=10) as client:
         first = job.run()
         t.check(
@@ -240,6 +290,27 @@ def run_story(
         webs = start_webs()
         t.say(f"{job.name} runs the scheduler, cache entries last {cache_seconds:g}s")
         _steps(t, feed, job, webs, client, cache_seconds)
+        if farm_token:
+            _farm_step(t, job, webs, client, farm_token)
+
+
+def _farm_step(
+    t: Timeline, job: JobHandle, webs: list[WebHandle], client: httpx.Client, token: str
+) -> None:
+    web = webs[0]
+    t.step(f"6. The farm view of {web.name} shows the whole farm")
+    expected = {w.name: w.instance_id for w in webs} | {job.name: job.instance_id}
+    url = f"{web.url}{FARM_PATH}/"
+    shown: set[str] = set()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        response = client.get(url, headers={"Authorization": f"Bearer {token}"})
+        shown = {n for n, i in expected.items() if f'data-instance="{i}"' in response.text}
+        if response.status_code == 200 and len(shown) == len(expected):
+            break
+        time.sleep(0.2)
+    t.say(f"  {url}: lists {', '.join(sorted(shown)) or 'nothing'}")
+    t.check(shown == set(expected), f"the farm view lists {', '.join(sorted(expected))}")
 
 
 def _steps(

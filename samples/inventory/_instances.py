@@ -22,13 +22,14 @@ from eventbroker import (
     EventRegistry,
     Transport,
 )
+from eventbroker.contrib.farm import FarmSettings
 from eventbroker.contrib.starlette import AppServices, AppServicesArgs, EventBrokerLifespan
 from jobs import CacheInvalidator, Interval, JobScheduler, ScheduledJob, SchedulerOptions
 
 from ._db import InventoryDb
 from ._import_job import InventoryImportJob
 from ._settings import InventorySettings
-from ._web import create_app
+from ._web import FARM_PATH, create_app
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class WebInstance:
         on_received: Callable[[Received], None] | None = None,
         on_started: Callable[[WebInstance], None] | None = None,
         environ: Mapping[str, str] | None = None,
+        farm: FarmSettings | None = None,
     ) -> None:
         self.name = name
         self.received = ReceivedLog()
@@ -157,10 +159,12 @@ class WebInstance:
             feed_url=feed_url,
             entry_options=entry_options,
             on_started=self._started,
+            farm=farm if farm is not None else FarmSettings.from_env(environ),
         )
         self._socket = socket.create_server((host, port))
         self.port: int = self._socket.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
+        self.farm_url = f"{self.url}{FARM_PATH}/"
         self._server = uvicorn.Server(
             uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
         )
@@ -174,6 +178,10 @@ class WebInstance:
         if self.services.services is None:
             raise RuntimeError(f"web instance {self.name} has not started")
         return self.services.services.broker
+
+    @property
+    def instance_id(self) -> str:
+        return self.broker.instance_id
 
     def _started(self, services: AppServices) -> None:
         services.broker.event_received.subscribe(self._on_received)

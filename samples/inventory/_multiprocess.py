@@ -24,7 +24,15 @@ from typing import IO, Any, TextIO
 
 from jobs import JobProgress, JobRun, JobTrigger, SqliteJobStore
 
-from ._demo import JobHandle, Timeline, WebHandle, demo_settings, run_story
+from ._demo import (
+    JobHandle,
+    Timeline,
+    WebHandle,
+    demo_farm,
+    demo_settings,
+    farm_address,
+    run_story,
+)
 from ._feed import InventoryFeed
 from ._import_job import InventoryImportJob
 from ._instances import Received, ReceivedLog
@@ -100,10 +108,12 @@ class RemoteWeb(Child):
         super().__init__(name, ["web", "--report", "--host", "127.0.0.1"], env, log_dir)
         self.received = ReceivedLog()
         self.url = ""
+        self.instance_id = ""
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         super().wait_ready(timeout)
         self.url = str(self.ready["url"])
+        self.instance_id = str(self.ready["instance_id"])
 
     def on_event(self, event: dict[str, Any]) -> None:
         if event.get("event") == "received":
@@ -180,6 +190,7 @@ def run_servicebus_demo(
     servicebus_module()  # RoleError naming what is missing, before anything starts
     t = Timeline(out)
     settings = demo_settings(settings)
+    token = demo_farm().token or ""
     env = dict(os.environ)
     bus = None
     connection_string = connection_string or env.get("EVENTBROKER_SERVICEBUS_CONNECTION_STRING")
@@ -204,6 +215,7 @@ def run_servicebus_demo(
                 INVENTORY_FEED_URL=feed.url,
                 EVENTBROKER_SECRET=settings.secret or "",
                 INVENTORY_CACHE_SECONDS=str(settings.cache_seconds),
+                EVENTBROKER_FARM_TOKEN=token,
                 PORT="0",
                 PYTHONPATH=os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")])),
             )
@@ -225,10 +237,11 @@ def run_servicebus_demo(
                 for web in webs:
                     web.wait_ready()
                     t.say(f"{web.name} serving on {web.url} (pid {web.proc.pid})")
+                t.say(f"farm view: {farm_address(webs[0], token)}")
                 return list(webs)
 
             handle: JobHandle = job
-            run_story(t, feed, handle, start_webs, settings.cache_seconds)
+            run_story(t, feed, handle, start_webs, settings.cache_seconds, token)
             t.step("Stopping the instances (SIGTERM, as App Service and containers do)")
             for child in children:
                 child.stop()

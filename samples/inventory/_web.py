@@ -7,7 +7,8 @@ says so: ``"fresh": false``.
 
 The broker and the cache come from the library's Starlette integration
 (`eventbroker.contrib.starlette.EventBrokerLifespan`): it starts them with the app, stops them
-with it (on SIGTERM too) and serves ``/healthz``.
+with it (on SIGTERM too) and serves ``/healthz``. The library's farm view
+(`eventbroker.contrib.farm`) is mounted at ``/_eventbroker`` (off unless a token is set).
 """
 
 from __future__ import annotations
@@ -24,15 +25,20 @@ import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from cache import EntryOptions, HybridCache
+from eventbroker.contrib.farm import FarmSettings, farm_app
 from eventbroker.contrib.starlette import AppServices, EventBrokerLifespan
 
 from ._db import InventoryDb
 from ._keys import ALL_PRODUCTS_KEY, product_key
 
 log = logging.getLogger(__name__)
+
+
+FARM_PATH = "/_eventbroker"
+"""Where the farm view is mounted."""
 
 
 class ProductNotFound(LookupError):
@@ -72,11 +78,13 @@ def create_app(
     entry_options: EntryOptions,
     http: httpx.AsyncClient | None = None,
     on_started: Callable[[AppServices], None] | None = None,
+    farm: FarmSettings | None = None,
 ) -> Starlette:
     """The web app of one instance called `name` (shown in every response).
 
     `services` runs the broker and the cache (``request.app.state.cache``); `on_started` is
-    called once they run.
+    called once they run. The farm view is at ``/_eventbroker`` (`farm`: its settings, default
+    from the environment: off without ``EVENTBROKER_FARM_TOKEN``).
     """
     feed = feed_url.rstrip("/")
     freshness = _Freshness()
@@ -167,6 +175,7 @@ def create_app(
             Route("/products/{sku}", product),
             Route("/products", products),
             services.health_route("/healthz"),
+            Mount(FARM_PATH, farm_app(services, settings=farm)),
         ],
         lifespan=lifespan,
     )

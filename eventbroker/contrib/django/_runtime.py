@@ -67,7 +67,7 @@ def hub() -> InMemoryHub:
 def _build(config: EventBrokerSettings) -> AppServices:
     """The services of `config`; Django's cache framework builds its caches itself, lazily, so
     they get their backplane through `use_backplane` once the broker runs."""
-    from cache.contrib.django import use_backplane
+    from cache.contrib.django import shared_caches, use_backplane
 
     if config.transport == "servicebus":
         transport = servicebus_transport(**config.servicebus)
@@ -85,7 +85,9 @@ def _build(config: EventBrokerSettings) -> AppServices:
         args["scheduler"] = import_string(config.scheduler)  # build(registry) -> JobScheduler
     if config.transport_defaulted:
         logger.warning(_HUB_ONLY)
-    return AppServices.build(**args)
+    services = AppServices.build(**args)
+    services.more_caches = shared_caches  # for the heartbeat summary and the farm page
+    return services
 
 
 def start() -> AppServices:
