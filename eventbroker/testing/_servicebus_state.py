@@ -727,6 +727,7 @@ class BrokerState:
         """Lock a session for ``holder``: the one named (`SessionCannotBeLocked` while
         another receiver holds it), or with None the next session with messages waiting that
         nobody holds (None when there is none yet)."""
+        session: Session | None
         if session_id is not None:
             session = entity.session(session_id)
             if session.held(now) and session.holder is not holder:
