@@ -378,6 +378,19 @@ def _enc_str(value: str) -> bytes:
     return b"\xb1" + struct.pack(">I", len(raw)) + raw
 
 
+def _enc_value(value: Any) -> bytes:
+    """A property value: null, boolean, long, double or string (anything else as its text)."""
+    if value is None:
+        return b"\x40"
+    if isinstance(value, bool):
+        return b"\x41" if value else b"\x42"
+    if isinstance(value, int) and -(2**63) <= value < 2**63:
+        return b"\x81" + struct.pack(">q", value)
+    if isinstance(value, float):
+        return b"\x82" + struct.pack(">d", value)
+    return _enc_str(str(value))
+
+
 _SEQ_KEY = _enc_symbol(SEQUENCE_NUMBER)
 _ENQ_KEY = _enc_symbol(ENQUEUED_TIME)
 _LOCK_KEY = _enc_symbol(LOCKED_UNTIL)
@@ -441,8 +454,12 @@ def _string(buf: bytes, pos: int) -> str | None:
 
 
 @_decoding
-def set_application_properties(bare: bytes, values: dict[str, str]) -> bytes:
-    """Return ``bare`` with string application properties set (replacing same-named ones)."""
+def set_application_properties(
+    bare: bytes, values: dict[str, Any], remove: frozenset[str] | set[str] = frozenset()
+) -> bytes:
+    """Return ``bare`` with application properties set (str, bool, int, float or None) and
+    removed; names match without regard to case, as rule filters and actions read them."""
+    replaced = {k.lower() for k in values} | {k.lower() for k in remove}
     entries = bytearray()
     count = 0
     insert_at = 0
@@ -452,14 +469,16 @@ def set_application_properties(bare: bytes, values: dict[str, str]) -> bytes:
         if code == PROPERTIES:
             insert_at = end
         elif code == APPLICATION_PROPERTIES:
-            kept, count = _filter_map(bare, value, lambda key: _string(bare, key) not in values)
+            kept, count = _filter_map(
+                bare, value, lambda key: (_string(bare, key) or "").lower() not in replaced
+            )
             entries += kept
             head, tail = bare[:start], bare[end:]
             break
     else:
         head, tail = bare[:insert_at], bare[insert_at:]
-    for key, text in values.items():
-        entries += _enc_str(key) + _enc_str(text)
+    for key, item in values.items():
+        entries += _enc_str(key) + _enc_value(item)
         count += 1
     section = b"\x00\x53\x74\xd1" + struct.pack(">II", len(entries) + 4, count * 2) + entries
     return bytes(head) + section + bytes(tail)

@@ -19,7 +19,13 @@ from typing import Any
 
 import attrs
 
-from ._servicebus_codec import StoredMessage, encode_delivery, with_dead_letter_properties
+from ._servicebus_codec import (
+    AmqpDecodeError,
+    StoredMessage,
+    encode_delivery,
+    set_application_properties,
+    with_dead_letter_properties,
+)
 from ._servicebus_rules import DEFAULT_RULE, MessageView, Rule, message_view
 
 __all__ = [
@@ -141,7 +147,7 @@ class Session:
     def __init__(self, session_id: str) -> None:
         self.id = session_id
         self.available: deque[Entry] = deque()
-        self.holder: object | None = None  # the receiver holding the lock (an AMQP link)
+        self.holder: object | None = None  # who holds the lock (an AMQP link; compared with ==)
         self.locked_until = 0.0
         self.state: bytes | None = None
         self.state_updated = 0.0
@@ -265,6 +271,18 @@ class Topic:
         number = self.next_sequence
         self.next_sequence += 1
         return number
+
+
+def _acted_on(message: StoredMessage, rule: Rule, view: MessageView) -> StoredMessage:
+    """The copy of ``message`` a subscription gets from a rule with an action (SET / REMOVE
+    of application properties); the message itself if proton cannot decode it."""
+    assert rule.action is not None
+    values, removed = rule.action(view)
+    try:
+        bare = set_application_properties(message.bare, values, removed)
+    except AmqpDecodeError:
+        return message
+    return message.with_bare(bare, {})
 
 
 def _view(message: StoredMessage) -> MessageView:
@@ -410,18 +428,22 @@ class BrokerState:
         views: list[MessageView | None] = [None] * len(messages)
         topic_ttl = target.properties.default_message_time_to_live
         for entity in target.subscriptions.values():
-            rules = entity.rules.values()
-            accepts_all = any(rule.accepts_all for rule in rules)
+            rules = list(entity.rules.values())
+            takes_all = any(r.accepts_all for r in rules) and all(r.action is None for r in rules)
             taken = False
             for i, message in enumerate(messages):
-                if not accepts_all:
+                copy = message
+                if not takes_all:
                     view = views[i]
                     if view is None:
                         view = views[i] = _view(message)
-                    if not any(rule.matches(view) for rule in rules):
+                    rule = next((r for r in rules if r.matches(view)), None)
+                    if rule is None:
                         continue
+                    if rule.action is not None:
+                        copy = _acted_on(message, rule, view)
                 try:
-                    entity.enqueue(message, now, topic_ttl)
+                    entity.enqueue(copy, now, topic_ttl)
                 except SessionRequired as exc:
                     self._dead_letter_message(entity, message, "SessionIdIsMissing", str(exc), now)
                     continue
@@ -730,12 +752,12 @@ class BrokerState:
         session: Session | None
         if session_id is not None:
             session = entity.session(session_id)
-            if session.held(now) and session.holder is not holder:
+            if session.held(now) and session.holder != holder:
                 raise SessionCannotBeLocked(
                     f"The requested session '{session_id}' cannot be accepted. It may be "
                     "locked by another receiver."
                 )
-            if session.holder is not None and session.holder is not holder:
+            if session.holder is not None and session.holder != holder:
                 self.release_session(entity, session, now)  # its lock expired
         else:
             session = self._next_free_session(entity, now)

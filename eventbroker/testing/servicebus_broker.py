@@ -53,7 +53,9 @@ __all__ = [
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _CALL_TIMEOUT = 10.0
-_NOT_DURATIONS = frozenset({"max_delivery_count", "dead_lettering_on_message_expiration"})
+_NOT_DURATIONS = frozenset(
+    {"max_delivery_count", "dead_lettering_on_message_expiration", "requires_session"}
+)
 
 
 class ServiceBusEntityError(ValueError):
@@ -296,7 +298,8 @@ class LoopbackServiceBus:
 
         ``properties``: ``lock_duration``, ``max_delivery_count``,
         ``default_message_time_to_live``, ``auto_delete_on_idle`` (seconds or timedelta),
-        ``dead_lettering_on_message_expiration``; unset ones take the broker's defaults.
+        ``dead_lettering_on_message_expiration``, ``requires_session``; unset ones take the
+        broker's defaults.
         """
         _check_name("subscription", name)
         props = self._properties(properties)
