@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -31,7 +32,7 @@ from azure.servicebus.exceptions import (
 )
 from azure.servicebus.management import SqlRuleAction, SqlRuleFilter
 
-from eventbroker.testing import LoopbackServiceBus, administration_client
+from eventbroker.testing import LoopbackServiceBus, ServiceBusEntityError, administration_client
 
 RAD = ServiceBusReceiveMode.RECEIVE_AND_DELETE
 
@@ -238,6 +239,28 @@ def test_session_receivers_get_their_session_in_order_and_hold_it(
         none.receive_messages(max_wait_time=1)
 
 
+def test_a_receiver_waiting_for_the_next_session_gets_one_that_arrives_meanwhile(
+    broker: LoopbackServiceBus, client: ServiceBusClient
+) -> None:
+    def send_soon() -> None:  # with a client of its own: SDK clients are not thread-safe
+        time.sleep(0.5)  # the receiver's attach is waiting by then
+        with ServiceBusClient.from_connection_string(broker.connection_string) as other:
+            _send_sessions(other, [("late", "arrived")])
+
+    sender = threading.Thread(target=send_soon)
+    sender.start()
+    try:
+        with client.get_queue_receiver(
+            "sq", session_id=NEXT_AVAILABLE_SESSION, max_wait_time=20
+        ) as receiver:
+            assert receiver.session.session_id == "late"
+            (message,) = _receive(receiver, 1)
+            assert str(message) == "arrived"
+            receiver.complete_message(message)
+    finally:
+        sender.join()
+
+
 def test_a_lost_session_lock_detaches_its_receiver_and_frees_the_session(
     broker: LoopbackServiceBus, client: ServiceBusClient, clock: OffsetClock
 ) -> None:
@@ -374,3 +397,45 @@ def test_a_refused_send_raises_at_once_instead_of_hanging(
         with pytest.raises(MessagingEntityNotFoundError):
             sender.send_messages(ServiceBusMessage("after"), timeout=10)
         assert time.monotonic() - began < 5
+
+
+def test_a_transaction_coordinator_link_is_refused_as_not_implemented(
+    broker: LoopbackServiceBus,
+) -> None:
+    """The Python SDK has no transactions; another client that asks gets a clear answer."""
+    from proton import Terminus
+    from proton.handlers import MessagingHandler
+    from proton.reactor import Container, LinkOption
+
+    class Coordinator(LinkOption):  # type: ignore[misc]
+        def apply(self, link: Any) -> None:
+            link.target.type = Terminus.COORDINATOR
+
+    class Client(MessagingHandler):  # type: ignore[misc]
+        refused: tuple[str, str] | None = None
+
+        def on_start(self, event: Any) -> None:
+            conn = event.container.connect(f"127.0.0.1:{broker.port}", allowed_mechs="ANONYMOUS")
+            event.container.create_sender(conn, None, options=Coordinator())
+
+        def on_link_error(self, event: Any) -> None:
+            condition = event.link.remote_condition
+            self.refused = (condition.name, condition.description)
+            event.connection.close()
+
+    client = Client()
+    Container(client).run()
+    assert client.refused is not None
+    assert client.refused[0] == "amqp:not-implemented"
+    assert "transactions" in client.refused[1]
+
+
+def test_inject_puts_a_message_in_a_session(
+    broker: LoopbackServiceBus, client: ServiceBusClient
+) -> None:
+    with pytest.raises(ServiceBusEntityError, match="session_id"):
+        broker.inject("sq", b"where to?")
+    broker.inject("sq", b"raw", session_id="s-1")
+    with client.get_queue_receiver("sq", session_id="s-1", receive_mode=RAD) as receiver:
+        (message,) = _receive(receiver, 1)
+        assert b"".join(message.body) == b"raw"

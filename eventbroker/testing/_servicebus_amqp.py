@@ -418,7 +418,7 @@ class AmqpBroker(Handler):
         link.source.filter.put_dict({symbol(_SESSION_FILTER): session.id})
         link.properties = {symbol(_SESSION_LOCKED_UNTIL): _ticks(session.locked_until)}
         self._start_consuming(link)
-        self._pump(entity)
+        self._deliver(entity, link, session)
 
     def _no_session(self, link: Any, now: float) -> None:
         """Answer a receiver for the next available session that found none in time: attach
@@ -444,6 +444,8 @@ class AmqpBroker(Handler):
     def _offer_sessions(self, entity: Entity) -> None:
         """Give sessions with messages to receivers waiting for the next available one."""
         for link in [w for w in self._waiting if w.entity is entity]:
+            if link not in self._waiting:
+                continue  # answered meanwhile
             if link.state & Endpoint.REMOTE_CLOSED:
                 del self._waiting[link]
                 continue
