@@ -8,8 +8,9 @@ from azure.servicebus._pyamqp._encode import encode_frame
 from azure.servicebus._pyamqp.performatives import BeginFrame, TransferFrame
 from hypothesis import given
 from hypothesis import strategies as st
+from proton import ProtonException
 
-from eventbroker.testing._servicebus_frames import DeliveryIdRepair
+from eventbroker.testing._servicebus_frames import DeliveryIdRepair, RepairingTransport
 
 HEADER = b"AMQP\x00\x01\x00\x00"
 SASL_HEADER = b"AMQP\x03\x01\x00\x00"
@@ -154,3 +155,30 @@ def test_what_is_not_amqp_goes_to_proton_untouched() -> None:
 def test_garbage_never_raises(raw: bytes, cuts: list[int]) -> None:
     for stream in (raw, HEADER + raw, HEADER + _begin(0) + raw):
         _feed(DeliveryIdRepair(), stream, cuts)  # what it cannot read it passes on
+
+
+class _SmallTransport:
+    """A stand-in for proton's transport: takes at most 16 bytes a push, then closes."""
+
+    def __init__(self) -> None:
+        self.taken = b""
+        self._selectable = "kept"
+
+    def capacity(self) -> int:
+        if len(self.taken) >= 16:
+            raise ProtonException("closed")
+        return 16
+
+    def push(self, data: bytes) -> None:
+        assert len(data) <= 16
+        self.taken += data
+
+
+def test_the_stand_in_transport_feeds_proton_within_its_capacity() -> None:
+    inner = _SmallTransport()
+    transport = RepairingTransport(inner)
+    transport.push(HEADER + _begin(0))  # more than one push's worth: pushed in pieces
+    assert inner.taken == (HEADER + _begin(0))[:16]  # then closed: the rest is moot, no error
+    assert transport._selectable == "kept"  # everything else is the transport's own
+    transport._selectable = None
+    assert inner._selectable is None

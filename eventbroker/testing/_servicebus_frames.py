@@ -21,6 +21,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from proton import ProtonException
+
 from ._servicebus_codec import _compound, _skip
 
 __all__ = ["DeliveryIdRepair", "RepairingTransport"]
@@ -202,7 +204,10 @@ class RepairingTransport:
         out = memoryview(self._repair.feed(data))
         transport = self._transport
         while out:  # proton takes all it is given while open; what a closed one refuses is moot
-            room = transport.capacity()
+            try:
+                room = transport.capacity()
+            except ProtonException:  # closed by what it was just given
+                return
             if room <= 0:
                 return
             transport.push(bytes(out[:room]))
