@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from eventbroker.testing.pytest_fixtures import servicebus_broker  # noqa: F401
@@ -17,15 +19,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the SDK samples now (minutes of mostly waiting) when their tests were selected."""
-    if any(_in_samples_module(item) for item in session.items):
+    selected = [
+        params["sample"]
+        for item in session.items
+        if _in_samples_module(item)
+        and "sample" in (params := getattr(getattr(item, "callspec", None), "params", {}))
+    ]
+    if selected:
         from tests.servicebus_samples import SAMPLES_RUN
 
-        SAMPLES_RUN.start()
+        SAMPLES_RUN.start(selected)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    import sys
-
+    """Stop what is left of the SDK samples' run (a session cut short)."""
     run = sys.modules.get("tests.servicebus_samples")
     if run is not None:
         run.SAMPLES_RUN.stop()

@@ -249,10 +249,12 @@ class SamplesRun:
         self._processes: set[subprocess.Popen[bytes]] = set()
         self._stopping = threading.Event()
 
-    def start(self) -> None:
-        """Start the run (once)."""
+    def start(self, samples: list[Sample] | None = None) -> None:
+        """Start the run (once), of ``samples`` (default: all)."""
         with self._lock:
             if self._thread is None:
+                if samples is not None:
+                    self.samples = [s for s in self.samples if s in samples]
                 self._thread = threading.Thread(
                     target=self._run, name="servicebus-samples", daemon=True
                 )
@@ -260,7 +262,9 @@ class SamplesRun:
 
     def outcome(self, sample: Sample) -> Outcome:
         """Wait for ``sample`` (the run's own waits bound this) and return how it ran."""
-        self.start()
+        self.start([sample])
+        if sample not in self.samples:
+            return Outcome(None, "", "", 0.0, False, {}, "not in this run (started for others)")
         self._done[sample.path].wait(sample.timeout + 600)
         found = self._outcomes.get(sample.path)
         if found is None:
