@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from proton import Message
+from proton import Message, symbol, timestamp
 
 from eventbroker.testing._servicebus_codec import (
     AmqpDecodeError,
@@ -75,6 +75,21 @@ def test_delivery_keeps_the_message_and_sets_broker_fields(
     assert annotations.pop("x-opt-enqueued-time") == enqueued_ms
     assert annotations.pop("x-opt-locked-until", None) == (enqueued_ms + 60_000 if locked else None)
     assert annotations == dict(original.annotations or {})
+
+
+@given(messages(), st.none() | _text, st.none() | st.integers(0, 2**45))
+def test_session_id_and_scheduled_time_are_read(
+    original: Message, session_id: str | None, scheduled_ms: int | None
+) -> None:
+    original.group_id = session_id
+    if scheduled_ms is not None:
+        annotations = dict(original.annotations or {})
+        annotations[symbol("x-opt-scheduled-enqueue-time")] = timestamp(scheduled_ms)
+        original.annotations = annotations
+    stored = parse_message(original.encode())
+    assert (stored.session_id, stored.scheduled_ms) == (session_id, scheduled_ms)
+    delivered = _decode(encode_delivery(stored, sequence_number=1, enqueued_ms=0, delivery_count=0))
+    assert delivered.group_id == session_id  # the bare message is relayed as sent
 
 
 @given(st.lists(messages(), min_size=1, max_size=6))

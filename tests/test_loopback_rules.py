@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from eventbroker.testing._servicebus_rules import RuleError, compile_sql
+from eventbroker.testing._servicebus_rules import RuleError, compile_action, compile_sql
 
 VIEW = (
     {
@@ -55,3 +55,27 @@ def test_sql_filter(expression: str, parameters: dict[str, Any], expected: bool 
 def test_unsupported_sql_is_a_clear_error(expression: str) -> None:
     with pytest.raises(RuleError):
         compile_sql(expression, {})
+
+
+@pytest.mark.parametrize(
+    ("statements", "expected"),
+    [
+        ("SET Color = 'BlueProcessed'", ({"Color": "BlueProcessed"}, set())),
+        ("SET user.total = count * 2 + 1", ({"total": 7}, set())),
+        ("SET label = sys.Label + '-seen'; REMOVE kind", ({"label": "web-1-seen"}, {"kind"})),
+        ("SET n = missing + 1", ({"n": None}, set())),  # NULL in, NULL out
+        ("SET n = count / 0", ({"n": None}, set())),
+        ("SET price = @p;", ({"price": 2.5}, set())),
+        ("REMOVE flag; SET flag = NOT_A_PROPERTY", ({"flag": None}, set())),
+    ],
+)
+def test_sql_rule_action(statements: str, expected: tuple[dict[str, Any], set[str]]) -> None:
+    assert compile_action(statements, {"@p": 2.5})(VIEW) == expected
+
+
+@pytest.mark.parametrize(
+    "statements", ["", ";", "SET sys.Label = 'x'", "SET kind", "UPDATE kind = 1", "SET a = 1 2"]
+)
+def test_unsupported_rule_action_is_a_clear_error(statements: str) -> None:
+    with pytest.raises(RuleError):
+        compile_action(statements, {})

@@ -433,3 +433,44 @@ async def test_health_readings_say_when_and_why_without_secrets() -> None:
         assert SECRET_KEY not in transport.last_error
     finally:
         await transport.stop()
+
+
+class SlowSink(RecordingSink):
+    """Every handler takes ``hold`` seconds to finish (its outcome resolves later)."""
+
+    def __init__(self, hold: float) -> None:
+        super().__init__()
+        self.hold = hold
+        self.finished = 0
+
+    def deliver(self, body: bytes) -> asyncio.Future[Rejection | None]:
+        self.bodies.append(body)
+        self._changed.set()
+        future: asyncio.Future[Rejection | None] = asyncio.get_running_loop().create_future()
+
+        def finish() -> None:
+            self.finished += 1
+            self._changed.set()
+            future.set_result(None)
+
+        asyncio.get_running_loop().call_later(self.hold, finish)
+        return future
+
+
+async def test_a_handler_running_longer_than_the_lock_keeps_it_and_is_not_redelivered() -> None:
+    """The transport renews the lock of a message whose handler outlasts the lock duration
+    (from its receive loop, over the wire): one delivery, settled once, nothing redelivered."""
+    with LoopbackServiceBus(lock_duration=1.0) as bus:
+        transport, sink = ServiceBusTransport(sb_options(bus)), SlowSink(hold=3.5)
+        async with running((transport, sink)):
+            assert transport.subscription_name is not None
+            path = f"events/Subscriptions/{transport.subscription_name}"
+            bus.inject("events", b"slow work", message_id="m-1")
+            await sink.wait_for(lambda: sink.finished == 1)
+            async with asyncio.timeout(10):
+                while True:  # settled on the receive loop's next turn
+                    if bus.message_count(path) == 0:
+                        break
+                    await asyncio.sleep(0.02)
+            assert sink.bodies == [b"slow work"]  # the lock held: no second delivery
+            assert bus.dead_letters("events", transport.subscription_name) == []

@@ -69,6 +69,28 @@ _SETTLE_POLL = 0.002
 """Receive wait while dispatched messages await settlement (bounds their settle delay)..."""
 _SETTLE_POLL_MAX = 0.1
 """...doubling up to this while a slow handler keeps them waiting."""
+_RENEW_LEAD_MAX = 10.0
+"""Renew a message's lock when less than this (or half the lock) is left, as the SDK's
+AutoLockRenewer does."""
+_MAX_LOCK_RENEWAL = 300.0
+"""A handler still running after this long stops being covered: its lock expires and the
+message comes again (de-duplicated), rather than a hung handler holding it forever."""
+
+
+class _Received:
+    """A received message while local dispatch runs: its outcome, and when its lock is due
+    for renewal (``time.monotonic()``)."""
+
+    __slots__ = ("message", "outcome", "renew_at", "renew_until")
+
+    def __init__(
+        self, message: ServiceBusReceivedMessage, outcome: asyncio.Future[Rejection | None]
+    ) -> None:
+        self.message = message
+        self.outcome = outcome
+        now = time.monotonic()
+        self.renew_until = now + _MAX_LOCK_RENEWAL
+        self.renew_at = _renewal_due(message, now)
 
 
 class ServiceBusTransport:
@@ -120,9 +142,7 @@ class ServiceBusTransport:
         self._provisioned = False
         self._first_attempt: asyncio.Future[BaseException | None] | None = None
         self._started_at = 0.0
-        self._unsettled: list[
-            tuple[ServiceBusReceivedMessage, asyncio.Future[Rejection | None]]
-        ] = []
+        self._unsettled: list[_Received] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._wakeup: asyncio.Event | None = None
@@ -488,10 +508,12 @@ class ServiceBusTransport:
 
     async def _receive_loop(self) -> None:
         # Every receiver call happens here, one at a time: a PEEK_LOCK settlement reads the
-        # connection for its outcome, so it must not run beside a receive. One message per
+        # connection for its outcome, so it must not run beside a receive (nor beside a lock
+        # renewal: so no SDK AutoLockRenewer, whose threads or tasks would). One message per
         # receive call: the SDK serves it from the prefetch buffer at once, while a larger count
         # keeps pulling for up to 0.2 s after a first message. Dispatch runs meanwhile: each
-        # message is settled on a later turn, once its outcome future has resolved.
+        # message is settled on a later turn, once its outcome future has resolved; a handler
+        # that outlasts the lock gets it renewed from here too, before it runs out.
         backoff = Backoff(
             self.options.reconnect_initial_backoff, self.options.reconnect_max_backoff, self._random
         )
@@ -507,17 +529,18 @@ class ServiceBusTransport:
                 receiver = self._receiver
                 assert receiver is not None
                 settled = await self._settle_ready(receiver)
+                await self._renew_due_locks(receiver)
                 if len(unsettled) >= self.options.prefetch_count:
                     await asyncio.wait(
-                        [outcome for _, outcome in unsettled],
-                        timeout=self.options.receive_wait,
+                        [item.outcome for item in unsettled],
+                        timeout=self._until_renewal(self.options.receive_wait),
                         return_when=asyncio.FIRST_COMPLETED,
                     )
                     continue
-                wait = poll if unsettled else self.options.receive_wait
+                wait = self._until_renewal(poll) if unsettled else self.options.receive_wait
                 messages = await receiver.receive_messages(max_message_count=1, max_wait_time=wait)
                 for message in messages:
-                    unsettled.append((message, self._deliver(message)))
+                    unsettled.append(_Received(message, self._deliver(message)))
                 # a slow handler: poll for its outcome less and less often
                 poll = _SETTLE_POLL if messages or settled else min(poll * 2, _SETTLE_POLL_MAX)
                 backoff.reset()
@@ -536,14 +559,51 @@ class ServiceBusTransport:
     async def _settle_ready(self, receiver: ServiceBusReceiver) -> int:
         """Settle every message whose local dispatch has finished; how many there were."""
         unsettled = self._unsettled
-        if not unsettled or not any(outcome.done() for _, outcome in unsettled):
+        if not unsettled or not any(item.outcome.done() for item in unsettled):
             return 0
-        ready = [item for item in unsettled if item[1].done()]
+        ready = [item for item in unsettled if item.outcome.done()]
         for item in ready:  # one at a time, so that a stop cut short knows what is left
-            # by identity: list.remove would compare messages, which compare by value
-            del unsettled[next(i for i, other in enumerate(unsettled) if other is item)]
-            await self._settle(receiver, *item)
+            unsettled.remove(item)  # _Received compares by identity
+            await self._settle(receiver, item.message, item.outcome)
         return len(ready)
+
+    async def _renew_due_locks(self, receiver: ServiceBusReceiver) -> None:
+        """Renew the lock of every message whose handler is still running and whose lock
+        runs out soon (for up to `_MAX_LOCK_RENEWAL`)."""
+        now = time.monotonic()
+        for item in self._unsettled:
+            if item.renew_at > now or item.outcome.done():
+                continue
+            if now >= item.renew_until:
+                item.renew_at = float("inf")
+                self._limiter.log(
+                    logging.WARNING,
+                    "renewal-limit",
+                    "a handler has held Service Bus message %s for %.0f s: its lock is no "
+                    "longer renewed, so the message will be delivered again",
+                    item.message.message_id,
+                    _MAX_LOCK_RENEWAL,
+                )
+                continue
+            try:
+                await receiver.renew_message_lock(item.message)
+            except Exception as exc:  # lock lost, link gone: it comes again (de-duplicated)
+                item.renew_at = float("inf")
+                _log.debug(
+                    "renewing the lock of Service Bus message %s failed: %s",
+                    item.message.message_id,
+                    exc,
+                )
+                continue
+            item.renew_at = _renewal_due(item.message, time.monotonic())
+
+    def _until_renewal(self, wait: float) -> float:
+        """``wait``, or less when a lock renewal is due sooner."""
+        due = min(
+            (item.renew_at for item in self._unsettled if not item.outcome.done()),
+            default=float("inf"),
+        )
+        return max(min(wait, due - time.monotonic()), _SETTLE_POLL)
 
     async def _settle_unsettled_at_stop(self, budget: float) -> int:
         """At stop: let dispatched messages finish and settle them, within `budget` seconds;
@@ -552,7 +612,7 @@ class ServiceBusTransport:
         if receiver is not None and unsettled:
 
             async def settle_all() -> None:
-                await asyncio.wait([outcome for _, outcome in unsettled])
+                await asyncio.wait([item.outcome for item in unsettled])
                 await self._settle_ready(receiver)
 
             with contextlib.suppress(TimeoutError):
@@ -770,6 +830,16 @@ class ServiceBusTransport:
 def _interpreter_exiting(exc: BaseException) -> bool:
     """The process is exiting: the default executor (DNS lookups) refuses new work."""
     return isinstance(exc, RuntimeError) and "cannot schedule new futures" in str(exc)
+
+
+def _renewal_due(message: ServiceBusReceivedMessage, now: float) -> float:
+    """When (``time.monotonic()``) ``message``'s lock should be renewed: when less than
+    `_RENEW_LEAD_MAX`, or half of what is left, remains."""
+    locked_until = message.locked_until_utc
+    if locked_until is None:
+        return float("inf")
+    left = (locked_until - datetime.datetime.now(datetime.UTC)).total_seconds()
+    return now + left - min(_RENEW_LEAD_MAX, max(left, 0.0) / 2)
 
 
 def _body_bytes(message: ServiceBusReceivedMessage) -> bytes | None:

@@ -101,10 +101,12 @@ def _properties_from(fields: dict[str, str], defaults: EntityProperties) -> Enti
             values[name] = _parse_duration(fields[xml_name])
     if fields.get("MaxDeliveryCount"):
         values["max_delivery_count"] = int(fields["MaxDeliveryCount"])
-    if fields.get("DeadLetteringOnMessageExpiration"):
-        values["dead_lettering_on_message_expiration"] = (
-            fields["DeadLetteringOnMessageExpiration"].strip().lower() == "true"
-        )
+    for xml_name, name in (
+        ("DeadLetteringOnMessageExpiration", "dead_lettering_on_message_expiration"),
+        ("RequiresSession", "requires_session"),
+    ):
+        if fields.get(xml_name):
+            values[name] = fields[xml_name].strip().lower() == "true"
     try:
         props = attrs.evolve(defaults, **values)
     except ValueError as exc:
@@ -121,16 +123,18 @@ def _properties_from(fields: dict[str, str], defaults: EntityProperties) -> Enti
     return props
 
 
-def _counts(entity: Entity | None) -> str:
+def _counts(target: Entity | Topic) -> str:
+    entity = target if isinstance(target, Entity) else None
     active = len(entity.messages) if entity is not None else 0
     dead = 0
     if entity is not None and entity.dead_letter is not None:
         dead = len(entity.dead_letter.messages)
+    scheduled = len(target.scheduled)
     return (
         f'<CountDetails xmlns:d2p1="{_SB_COUNTS}">'
         f"<d2p1:ActiveMessageCount>{active}</d2p1:ActiveMessageCount>"
         f"<d2p1:DeadLetterMessageCount>{dead}</d2p1:DeadLetterMessageCount>"
-        "<d2p1:ScheduledMessageCount>0</d2p1:ScheduledMessageCount>"
+        f"<d2p1:ScheduledMessageCount>{scheduled}</d2p1:ScheduledMessageCount>"
         "<d2p1:TransferMessageCount>0</d2p1:TransferMessageCount>"
         "<d2p1:TransferDeadLetterMessageCount>0</d2p1:TransferDeadLetterMessageCount>"
         "</CountDetails>"
@@ -150,6 +154,15 @@ def _common(props: EntityProperties, created: float, accessed: float) -> str:
     )
 
 
+def _update(target: Entity | Topic, props: EntityProperties, what: str) -> None:
+    """Apply an update (``If-Match`` PUT); RequiresSession cannot change, as on Service Bus."""
+    if props.requires_session != target.properties.requires_session:
+        raise _HttpError(
+            400, f"RequiresSession cannot be changed on an existing {what}: delete and recreate it"
+        )
+    target.properties = props
+
+
 def _description(kind: str, target: Entity | Topic) -> str:
     if isinstance(target, Topic):
         size = sum(len(s.messages) for s in target.subscriptions.values())
@@ -160,7 +173,7 @@ def _description(kind: str, target: Entity | Topic) -> str:
             + "<DuplicateDetectionHistoryTimeWindow>PT10M</DuplicateDetectionHistoryTimeWindow>"
             + f"<SizeInBytes>{size}</SizeInBytes>"
             + "<SupportOrdering>true</SupportOrdering>"
-            + _counts(None)
+            + _counts(target)
             + f"<SubscriptionCount>{len(target.subscriptions)}</SubscriptionCount>"
             + "<EnablePartitioning>false</EnablePartitioning>"
             + "<MaxMessageSizeInKilobytes>256</MaxMessageSizeInKilobytes>"
@@ -170,7 +183,9 @@ def _description(kind: str, target: Entity | Topic) -> str:
         inner = (
             _common(props, target.created_at, target.last_activity)  # receives, sends, settles
             + f"<LockDuration>{_duration_text(props.lock_duration)}</LockDuration>"
-            + "<RequiresSession>false</RequiresSession>"
+            + "<RequiresSession>"
+            + ("true" if props.requires_session else "false")
+            + "</RequiresSession>"
             + "<DeadLetteringOnMessageExpiration>"
             + ("true" if props.dead_lettering_on_message_expiration else "false")
             + "</DeadLetteringOnMessageExpiration>"
@@ -336,7 +351,7 @@ class _Api:
                     raise _HttpError(
                         409, f"subscription {name!r} of topic {topic.name!r} already exists"
                     )
-                sub.properties = props
+                _update(sub, props, "subscription")
                 return 200, _entry(self.base, path, name, "Subscription", sub)
             if if_match:
                 raise _HttpError(
@@ -421,7 +436,7 @@ class _Api:
             if existing is not None:
                 if not if_match:
                     raise _HttpError(409, f"entity {name!r} already exists")
-                existing.properties = props
+                _update(existing, props, kind.lower())
                 return 200, _entry(self.base, name, name, kind, existing)
             if if_match:
                 raise _HttpError(404, f"entity {name!r} does not exist")

@@ -48,6 +48,8 @@ SEQUENCE_NUMBER = b"x-opt-sequence-number"
 ENQUEUED_TIME = b"x-opt-enqueued-time"
 LOCKED_UNTIL = b"x-opt-locked-until"
 DEADLETTER_SOURCE = b"x-opt-deadletter-source"
+SCHEDULED_ENQUEUE_TIME = b"x-opt-scheduled-enqueue-time"
+_GROUP_ID = 10  # the properties list's field holding the session id
 _OWNED = frozenset({SEQUENCE_NUMBER, ENQUEUED_TIME, LOCKED_UNTIL, b"x-opt-lock-token"})
 
 
@@ -186,9 +188,20 @@ def _filter_map(buf: bytes, pos: int, keep: Callable[[int], bool]) -> tuple[byte
 
 
 class StoredMessage:
-    """A relayed message: the sender's header fields, its foreign annotations, the bare message."""
+    """A relayed message: the sender's header fields, its foreign annotations, the bare message,
+    and the two fields the broker routes by: the session id (properties' group-id) and the
+    scheduled enqueue time (annotation ``x-opt-scheduled-enqueue-time``, ms since the epoch)."""
 
-    __slots__ = ("annotation_count", "annotations", "bare", "durable", "priority", "ttl_ms")
+    __slots__ = (
+        "annotation_count",
+        "annotations",
+        "bare",
+        "durable",
+        "priority",
+        "scheduled_ms",
+        "session_id",
+        "ttl_ms",
+    )
 
     def __init__(
         self,
@@ -199,6 +212,8 @@ class StoredMessage:
         durable: bool = False,
         priority: int | None = None,
         ttl_ms: int | None = None,
+        session_id: str | None = None,
+        scheduled_ms: int | None = None,
     ) -> None:
         self.bare = bare
         self.annotations = annotations
@@ -206,6 +221,8 @@ class StoredMessage:
         self.durable = durable
         self.priority = priority
         self.ttl_ms = ttl_ms
+        self.session_id = session_id
+        self.scheduled_ms = scheduled_ms
 
     def with_bare(self, bare: bytes, extra_annotations: dict[bytes, str]) -> StoredMessage:
         """A copy with another bare message and extra string annotations (dead-lettering)."""
@@ -219,6 +236,7 @@ class StoredMessage:
             durable=self.durable,
             priority=self.priority,
             ttl_ms=self.ttl_ms,
+            session_id=self.session_id,
         )
 
 
@@ -251,7 +269,11 @@ def parse_message(buf: bytes) -> StoredMessage:
     annotations = bytearray()
     count = 0
     bare_start: int | None = None
+    session_id: str | None = None
+    scheduled_ms: int | None = None
     for code, start, value, _end in sections:
+        if code == PROPERTIES:
+            session_id = _list_string(buf, value, _GROUP_ID)
         if code == HEADER:
             n, pos = _compound(buf, value)
             fields = []
@@ -266,6 +288,7 @@ def parse_message(buf: bytes) -> StoredMessage:
             kept, n = _filter_map(buf, value, lambda key: _symbol(buf, key) not in _OWNED)
             annotations += kept
             count += n
+            scheduled_ms = _timestamp(buf, _map_value(buf, value, SCHEDULED_ENQUEUE_TIME))
         elif code == DELIVERY_ANNOTATIONS:
             continue
         elif bare_start is None:
@@ -278,7 +301,36 @@ def parse_message(buf: bytes) -> StoredMessage:
         durable=durable,
         priority=priority,
         ttl_ms=ttl_ms,
+        session_id=session_id,
+        scheduled_ms=scheduled_ms,
     )
+
+
+def _list_string(buf: bytes, pos: int, index: int) -> str | None:
+    """Field ``index`` of the list at ``pos`` when it is a string, else None."""
+    n, pos = _compound(buf, pos)
+    if index >= n:
+        return None
+    for _ in range(index):
+        pos = _skip(buf, pos)
+    return _string(buf, pos)
+
+
+def _map_value(buf: bytes, pos: int, key: bytes) -> int | None:
+    """The offset of the value of symbol ``key`` in the map at ``pos``, or None."""
+    n, pos = _compound(buf, pos)
+    for _ in range(n // 2):
+        value = _skip(buf, pos)
+        if _symbol(buf, pos) == key:
+            return value
+        pos = _skip(buf, value)
+    return None
+
+
+def _timestamp(buf: bytes, pos: int | None) -> int | None:
+    if pos is None or buf[pos] != 0x83:
+        return None
+    return int(struct.unpack_from(">q", buf, pos + 1)[0])
 
 
 @_decoding
@@ -324,6 +376,19 @@ def _enc_str(value: str) -> bytes:
     if len(raw) < 256:
         return b"\xa1" + bytes((len(raw),)) + raw
     return b"\xb1" + struct.pack(">I", len(raw)) + raw
+
+
+def _enc_value(value: Any) -> bytes:
+    """A property value: null, boolean, long, double or string (anything else as its text)."""
+    if value is None:
+        return b"\x40"
+    if isinstance(value, bool):
+        return b"\x41" if value else b"\x42"
+    if isinstance(value, int) and -(2**63) <= value < 2**63:
+        return b"\x81" + struct.pack(">q", value)
+    if isinstance(value, float):
+        return b"\x82" + struct.pack(">d", value)
+    return _enc_str(str(value))
 
 
 _SEQ_KEY = _enc_symbol(SEQUENCE_NUMBER)
@@ -389,8 +454,12 @@ def _string(buf: bytes, pos: int) -> str | None:
 
 
 @_decoding
-def set_application_properties(bare: bytes, values: dict[str, str]) -> bytes:
-    """Return ``bare`` with string application properties set (replacing same-named ones)."""
+def set_application_properties(
+    bare: bytes, values: dict[str, Any], remove: frozenset[str] | set[str] = frozenset()
+) -> bytes:
+    """Return ``bare`` with application properties set (str, bool, int, float or None) and
+    removed; names match without regard to case, as rule filters and actions read them."""
+    replaced = {k.lower() for k in values} | {k.lower() for k in remove}
     entries = bytearray()
     count = 0
     insert_at = 0
@@ -400,14 +469,16 @@ def set_application_properties(bare: bytes, values: dict[str, str]) -> bytes:
         if code == PROPERTIES:
             insert_at = end
         elif code == APPLICATION_PROPERTIES:
-            kept, count = _filter_map(bare, value, lambda key: _string(bare, key) not in values)
+            kept, count = _filter_map(
+                bare, value, lambda key: (_string(bare, key) or "").lower() not in replaced
+            )
             entries += kept
             head, tail = bare[:start], bare[end:]
             break
     else:
         head, tail = bare[:insert_at], bare[insert_at:]
-    for key, text in values.items():
-        entries += _enc_str(key) + _enc_str(text)
+    for key, item in values.items():
+        entries += _enc_str(key) + _enc_value(item)
         count += 1
     section = b"\x00\x53\x74\xd1" + struct.pack(">II", len(entries) + 4, count * 2) + entries
     return bytes(head) + section + bytes(tail)

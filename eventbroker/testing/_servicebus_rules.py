@@ -7,6 +7,10 @@ parentheses, string / number / ``TRUE`` / ``FALSE`` / ``NULL`` literals, ``@para
 ``sys.<property>`` (MessageId, CorrelationId, To, ReplyTo, Label, Subject, SessionId,
 ReplyToSessionId, ContentType) and ``user.<property>`` or a bare name for application
 properties. Comparisons with NULL are unknown, as in SQL; a rule matches when it is true.
+
+Rule actions (SqlRuleAction): ``SET <property> = <expression>`` and ``REMOVE <property>``
+statements separated by ``;``, on application properties; an expression is an operand as
+above, or operands joined by ``+ - * /``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,15 @@ from typing import Any
 import attrs
 from proton import Message
 
-__all__ = ["DEFAULT_RULE", "MessageView", "Rule", "RuleError", "parse_rule"]
+__all__ = [
+    "DEFAULT_RULE",
+    "Action",
+    "MessageView",
+    "Rule",
+    "RuleError",
+    "compile_action",
+    "parse_rule",
+]
 
 _XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 _TRUE_FILTER_XML = (
@@ -30,6 +42,8 @@ _TRUE_FILTER_XML = (
 
 MessageView = tuple[dict[str, Any], dict[str, Any]]  # (system properties, application properties)
 Predicate = Callable[[MessageView], bool | None]
+# what an action does to a message: application properties to set, and to remove
+Action = Callable[[MessageView], tuple[dict[str, Any], set[str]]]
 
 
 class RuleError(ValueError):
@@ -45,6 +59,7 @@ class Rule:
     description_xml: str
     predicate: Predicate = attrs.field(eq=False, repr=False)
     accepts_all: bool = False
+    action: Action | None = attrs.field(default=None, eq=False, repr=False)
 
     def matches(self, view: MessageView) -> bool:
         return self.accepts_all or self.predicate(view) is True
@@ -132,19 +147,21 @@ def parse_rule(name: str, body: bytes) -> Rule:
     if description is None or match is None:
         raise RuleError("the request body has no RuleDescription element")
     inner = (
-        re.sub(r"<Name>.*?</Name>", "", match.group(1), flags=re.S)
+        # the broker writes the name and the creation time itself: the client's are dropped
+        re.sub(r"<(Name|CreatedAt)(?:>.*?</\1>|\s*/>)", "", match.group(1), flags=re.S)
         + f"<Name>{_escape(name)}</Name>"
     )
+    action = _action(_child(description, "Action"))
     filter_element = _child(description, "Filter")
     kind = "TrueFilter" if filter_element is None else (filter_element.get(_XSI_TYPE) or "")
     kind = kind.rsplit(":", 1)[-1]
     if kind == "TrueFilter":
-        return Rule(name, inner, lambda _view: True, accepts_all=True)
+        return Rule(name, inner, lambda _view: True, accepts_all=True, action=action)
     if kind == "FalseFilter":
-        return Rule(name, inner, lambda _view: False)
+        return Rule(name, inner, lambda _view: False, action=action)
     assert filter_element is not None
     if kind == "CorrelationFilter":
-        return Rule(name, inner, _correlation(filter_element))
+        return Rule(name, inner, _correlation(filter_element), action=action)
     if kind == "SqlFilter":
         expression = _child(filter_element, "SqlExpression")
         parameters = _key_values(_child(filter_element, "Parameters"))
@@ -152,8 +169,23 @@ def parse_rule(name: str, body: bytes) -> Rule:
             name,
             inner,
             compile_sql((expression.text or "") if expression is not None else "", parameters),
+            action=action,
         )
     raise RuleError(f"unsupported filter type {kind!r}")
+
+
+def _action(element: ET.Element | None) -> Action | None:
+    """The rule's SqlRuleAction compiled; None for none (or an EmptyRuleAction)."""
+    if element is None:
+        return None
+    kind = (element.get(_XSI_TYPE) or "EmptyRuleAction").rsplit(":", 1)[-1]
+    if kind == "EmptyRuleAction":
+        return None
+    if kind != "SqlRuleAction":
+        raise RuleError(f"unsupported rule action type {kind!r}")
+    expression = _child(element, "SqlExpression")
+    parameters = _key_values(_child(element, "Parameters"))
+    return compile_action((expression.text or "") if expression is not None else "", parameters)
 
 
 def _escape(text: str) -> str:
@@ -191,7 +223,8 @@ def _correlation(element: ET.Element) -> Predicate:
 
 # ---- SQL filter subset --------------------------------------------------------------------
 _TOKEN = re.compile(
-    r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<num>\d+(?:\.\d+)?)|(?P<op><>|!=|<=|>=|=|<|>|\(|\)|,)"
+    r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<num>\d+(?:\.\d+)?)"
+    r"|(?P<op><>|!=|<=|>=|=|<|>|\(|\)|,|;|\+|-|\*|/)"
     r"|(?P<param>@\w+)|(?P<name>[A-Za-z_][\w.]*))"
 )
 _Value = Callable[[MessageView], Any]
@@ -211,7 +244,8 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
 
 
 class _SqlParser:
-    def __init__(self, text: str, parameters: dict[str, Any]) -> None:
+    def __init__(self, text: str, parameters: dict[str, Any], what: str = "filter") -> None:
+        self.what = what
         self.text = text
         self.tokens = _tokenize(text)
         self.pos = 0
@@ -219,8 +253,9 @@ class _SqlParser:
 
     def fail(self, what: str) -> RuleError:
         return RuleError(
-            f"unsupported SQL filter {self.text!r}: {what} (the loopback broker supports "
-            "comparisons, IS NULL, IN, LIKE, EXISTS, AND, OR, NOT)"
+            f"unsupported SQL {self.what} {self.text!r}: {what} (the loopback broker supports "
+            "comparisons, IS NULL, IN, LIKE, EXISTS, AND, OR, NOT in filters; SET and REMOVE "
+            "of application properties in rule actions)"
         )
 
     def peek(self) -> str:
@@ -348,6 +383,22 @@ class _SqlParser:
             return self._property(text)
         raise self.fail(f"unexpected {text!r}")
 
+    def expression(self) -> _Value:
+        """Operands joined by ``+ - * /`` (left to right; ``*`` and ``/`` first); NULL in,
+        NULL out; ``+`` also joins strings."""
+        value = self._term()
+        while self.peek() in ("+", "-"):
+            operator = _ARITHMETIC[self.take()[1]]
+            value = _arithmetic(operator, value, self._term())
+        return value
+
+    def _term(self) -> _Value:
+        value = self.operand()
+        while self.peek() in ("*", "/"):
+            operator = _ARITHMETIC[self.take()[1]]
+            value = _arithmetic(operator, value, self.operand())
+        return value
+
     def _property(self, name: str) -> _Value:
         scope, _, field = name.lower().rpartition(".")
         if scope == "sys":
@@ -401,6 +452,27 @@ _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
+_ARITHMETIC: dict[str, Callable[[Any, Any], Any]] = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": lambda a, b: a / b,
+}
+
+
+def _arithmetic(operator: Callable[[Any, Any], Any], left: _Value, right: _Value) -> _Value:
+    def value(view: MessageView) -> Any:
+        a, b = left(view), right(view)
+        if a is None or b is None or isinstance(a, bool) or isinstance(b, bool):
+            return None
+        try:
+            return operator(a, b)
+        except (TypeError, ZeroDivisionError, OverflowError):  # 'a' * 'b', x / 0: NULL
+            return None
+
+    return value
+
+
 def _compare(compare: Callable[[Any, Any], bool], left: Any, right: Any) -> bool | None:
     if left is None or right is None:
         return None
@@ -415,3 +487,56 @@ def compile_sql(text: str, parameters: dict[str, Any]) -> Predicate:
     if not text.strip():
         raise RuleError("empty SQL filter expression")
     return _SqlParser(text, parameters).parse()
+
+
+def compile_action(text: str, parameters: dict[str, Any]) -> Action:
+    """Compile a SQL rule action (``SET p = expression``, ``REMOVE p``; ``;`` between)."""
+    parser = _SqlParser(text, parameters, "rule action")
+    statements: list[tuple[str, _Value | None]] = []
+    while parser.pos < len(parser.tokens):
+        if parser.peek() == ";":
+            parser.take()
+            continue
+        verb = parser.take()[1].upper()
+        if verb not in ("SET", "REMOVE"):
+            raise parser.fail(f"a rule action statement starts with SET or REMOVE, not {verb!r}")
+        name = _user_property(parser, parser.take()[1])
+        if verb == "REMOVE":
+            statements.append((name, None))
+            continue
+        parser.take("=")
+        statements.append((name, parser.expression()))
+        if parser.pos < len(parser.tokens) and parser.peek() != ";":
+            raise parser.fail(f"unexpected {parser.tokens[parser.pos][1]!r}")
+    if not statements:
+        raise RuleError("empty SQL rule action")
+
+    def apply(view: MessageView) -> tuple[dict[str, Any], set[str]]:
+        values: dict[str, Any] = {}
+        removed: set[str] = set()
+        properties = dict(view[1])
+        for name, value in statements:
+            key = name.lower()
+            if value is None:
+                removed.add(name)
+                values.pop(name, None)
+                properties.pop(key, None)
+            else:
+                result = value((view[0], properties))
+                values[name] = result
+                removed.discard(name)
+                properties[key] = result
+        return values, removed
+
+    return apply
+
+
+def _user_property(parser: _SqlParser, name: str) -> str:
+    scope, _, field = name.rpartition(".")
+    if scope.lower() == "sys":
+        raise parser.fail(
+            f"rule actions change application properties only, not the system property {name!r}"
+        )
+    if scope.lower() not in ("", "user") or not field:
+        raise parser.fail(f"unknown property scope in {name!r}")
+    return field

@@ -39,6 +39,7 @@ from ._servicebus_state import (
     BrokerState,
     Entity,
     EntityProperties,
+    SessionRequired,
 )
 
 __all__ = [
@@ -53,7 +54,9 @@ __all__ = [
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _CALL_TIMEOUT = 10.0
-_NOT_DURATIONS = frozenset({"max_delivery_count", "dead_lettering_on_message_expiration"})
+_NOT_DURATIONS = frozenset(
+    {"max_delivery_count", "dead_lettering_on_message_expiration", "requires_session"}
+)
 
 
 class ServiceBusEntityError(ValueError):
@@ -296,7 +299,8 @@ class LoopbackServiceBus:
 
         ``properties``: ``lock_duration``, ``max_delivery_count``,
         ``default_message_time_to_live``, ``auto_delete_on_idle`` (seconds or timedelta),
-        ``dead_lettering_on_message_expiration``; unset ones take the broker's defaults.
+        ``dead_lettering_on_message_expiration``, ``requires_session``; unset ones take the
+        broker's defaults.
         """
         _check_name("subscription", name)
         props = self._properties(properties)
@@ -426,10 +430,12 @@ class LoopbackServiceBus:
         message_id: str | None = None,
         subject: str | None = None,
         content_type: str | None = None,
+        session_id: str | None = None,
         **properties: Any,
     ) -> None:
         """Put a raw message (data body, ``properties`` as application properties) on a topic
-        or queue, bypassing every client: for poison-message tests."""
+        or queue, bypassing every client: for poison-message tests. ``session_id`` is needed
+        by an entity that requires sessions."""
         from proton import Message
 
         from ._servicebus_codec import parse_message
@@ -442,13 +448,18 @@ class LoopbackServiceBus:
             content_type=content_type,
             properties=properties or None,
         )
+        if session_id is not None:
+            message.group_id = session_id
         stored = parse_message(message.encode())
 
         def run(state: BrokerState) -> None:
             target = state.resolve(topic)
             if target is None:
                 raise ServiceBusEntityError(f"no topic or queue {topic!r}")
-            state.publish(target, [stored])
+            try:
+                state.publish(target, [stored])
+            except SessionRequired as exc:
+                raise ServiceBusEntityError(f"{exc} Pass session_id=...") from None
 
         self._with_state(run)
 
