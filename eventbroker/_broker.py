@@ -611,14 +611,14 @@ class EventBroker:
             )
         emissions: list[tuple[Signal[Any], Any]] = []
         if event is not None and (event.raised._sync or event.raised._async):
-            notification = EventNotification(
-                event_id=envelope.event_id,
-                raiser_id=envelope.raiser_id,
-                param=param,
-                source_instance_id=source,
-                is_local=False,
-                message_id=envelope.message_id,
-                sent_at=envelope.sent_at,
+            notification = EventNotification(  # positional: a quarter cheaper per event
+                envelope.event_id,
+                envelope.raiser_id,
+                param,
+                source,  # source_instance_id
+                False,  # is_local
+                envelope.message_id,
+                envelope.sent_at,
             )
             emissions.append((event.raised, notification))
         if not (self.event_received._sync or self.event_received._async):

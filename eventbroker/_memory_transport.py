@@ -261,7 +261,16 @@ class InMemoryTransport:
             self._scheduled = False
             self._delivering = True  # taken from the inbox, not yet in flight: still busy
         sink = self._sink
-        futures = [] if sink is None else [f for body in batch if (f := _deliver(sink, body))]
+        futures: list[asyncio.Future[Rejection | None]] = []
+        if sink is not None:
+            deliver = sink.deliver
+            for body in batch:
+                try:
+                    futures.append(deliver(body))
+                except Exception:  # a sink that raises loses that message only, not the rest
+                    logger.exception(
+                        "the in-memory hub's receiver failed on a message; delivering the rest"
+                    )
         with self._lock:
             self._delivering = False
             self._in_flight.extend(futures)
@@ -273,12 +282,3 @@ class InMemoryTransport:
         while in_flight and in_flight[0].done():
             in_flight.popleft()
         return bool(in_flight)
-
-
-def _deliver(sink: TransportSink, body: bytes) -> asyncio.Future[Rejection | None] | None:
-    """Hand one body to the sink; a sink that raises loses that message only, never the rest."""
-    try:
-        return sink.deliver(body)
-    except Exception:
-        logger.exception("the in-memory hub's receiver failed on a message; delivering the rest")
-        return None
