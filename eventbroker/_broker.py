@@ -611,14 +611,14 @@ class EventBroker:
             )
         emissions: list[tuple[Signal[Any], Any]] = []
         if event is not None and (event.raised._sync or event.raised._async):
-            notification = EventNotification(
-                event_id=envelope.event_id,
-                raiser_id=envelope.raiser_id,
-                param=param,
-                source_instance_id=source,
-                is_local=False,
-                message_id=envelope.message_id,
-                sent_at=envelope.sent_at,
+            notification = EventNotification(  # positional: a quarter cheaper per event
+                envelope.event_id,
+                envelope.raiser_id,
+                param,
+                source,  # source_instance_id
+                False,  # is_local
+                envelope.message_id,
+                envelope.sent_at,
             )
             emissions.append((event.raised, notification))
         if not (self.event_received._sync or self.event_received._async):
@@ -737,19 +737,19 @@ class EventBroker:
         scope: DeliveryScope | None = None,
     ) -> asyncio.Future[Rejection | None]:
         """Run the handlers (see the module docstring); with a `scope`, in its context."""
-        sync = [(signal, arg) for signal, arg in emissions if signal._sync]
-        work = [
-            coro for signal, arg in emissions if signal._async for coro in signal.async_work(arg)
-        ]
+        sync: list[tuple[Signal[Any], Any]] = []
+        work: list[Coroutine[Any, Any, None]] = []
+        for emission in emissions:  # a loop, not two comprehensions: one or two emissions
+            signal = emission[0]
+            if signal._sync:
+                sync.append(emission)
+            if signal._async:
+                work += signal.async_work(emission[1])
         if not sync and not work:
             if scope is not None:
                 scope.end()
             return _done(loop, None)
-        future: asyncio.Future[Rejection | None] = loop.create_future()
-        context = None
-        if scope is not None:
-            context = scope.context
-            future.add_done_callback(lambda _: scope.end())
+        context = None if scope is None else scope.context
         if sync:
 
             def run_sync() -> None:
@@ -758,12 +758,15 @@ class EventBroker:
                         asyncio.run_coroutine_threadsafe(leftover, loop)
 
             runner = run_sync if context is None else functools.partial(context.run, run_sync)
+            sync_done = self._dispatcher.submit(runner)
             if not work:
-                self._dispatcher.submit(runner, future, None)
-                return future
-            sync_done: asyncio.Future[None] = loop.create_future()
-            self._dispatcher.submit(runner, sync_done, None)
+                if scope is not None:
+                    sync_done.add_done_callback(lambda _: scope.end())
+                return sync_done  # type: ignore[return-value]  # its result is None
             work.append(_await(sync_done))
+        future: asyncio.Future[Rejection | None] = loop.create_future()
+        if scope is not None:
+            future.add_done_callback(lambda _: scope.end())
         # a copy: the dispatcher thread may be inside `context` meanwhile
         task = loop.create_task(_gather(work), context=None if context is None else context.copy())
 

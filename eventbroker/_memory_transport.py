@@ -54,6 +54,8 @@ class InMemoryHub:
     def __init__(self, faults: HubFaults | None = None) -> None:
         self._lock = threading.Lock()
         self._transports: list[InMemoryTransport] = []
+        self._targets: dict[InMemoryTransport, tuple[InMemoryTransport, ...]] = {}
+        """Each sender's receivers (every other transport); emptied when one comes or goes."""
         self._down = False
         self.faults = faults or _NO_FAULTS
 
@@ -106,16 +108,23 @@ class InMemoryHub:
     def _attach(self, transport: InMemoryTransport) -> None:
         with self._lock:
             self._transports.append(transport)
+            self._targets = {}
 
     def _detach(self, transport: InMemoryTransport) -> None:
         with self._lock:
             if transport in self._transports:
                 self._transports.remove(transport)
+            self._targets = {}
 
     def _publish(self, sender: InMemoryTransport, message: TransportMessage) -> None:
         if self._down:
             raise PublishError("the in-memory hub is down (InMemoryHub.go_down was called)")
-        targets = [t for t in self._transports if t is not sender]
+        targets = self._targets.get(sender)
+        if targets is None:
+            with self._lock:
+                targets = self._targets[sender] = tuple(
+                    t for t in self._transports if t is not sender
+                )
         faults = self._faults
         if faults is _NO_FAULTS:
             for target in targets:
@@ -252,7 +261,16 @@ class InMemoryTransport:
             self._scheduled = False
             self._delivering = True  # taken from the inbox, not yet in flight: still busy
         sink = self._sink
-        futures = [] if sink is None else [f for body in batch if (f := _deliver(sink, body))]
+        futures: list[asyncio.Future[Rejection | None]] = []
+        if sink is not None:
+            deliver = sink.deliver
+            for body in batch:
+                try:
+                    futures.append(deliver(body))
+                except Exception:  # a sink that raises loses that message only, not the rest
+                    logger.exception(
+                        "the in-memory hub's receiver failed on a message; delivering the rest"
+                    )
         with self._lock:
             self._delivering = False
             self._in_flight.extend(futures)
@@ -264,12 +282,3 @@ class InMemoryTransport:
         while in_flight and in_flight[0].done():
             in_flight.popleft()
         return bool(in_flight)
-
-
-def _deliver(sink: TransportSink, body: bytes) -> asyncio.Future[Rejection | None] | None:
-    """Hand one body to the sink; a sink that raises loses that message only, never the rest."""
-    try:
-        return sink.deliver(body)
-    except Exception:
-        logger.exception("the in-memory hub's receiver failed on a message; delivering the rest")
-        return None

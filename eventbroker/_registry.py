@@ -46,7 +46,9 @@ class Event:
 
     def _prepare(
         self, raiser_id: object, param: object, option: EventRaiseOption
-    ) -> EventNotification:
+    ) -> EventNotification | None:
+        """Send the event (with `RAISE_BROADCAST`); the local handlers' notification, or None
+        when there are no local handlers."""
         raiser = as_uuid(raiser_id, "raiser_id")
         if not isinstance(option, EventRaiseOption):
             raise TypeError(f"option must be an EventRaiseOption, got {option!r}")
@@ -55,6 +57,8 @@ class Event:
         message_id = None
         if option is EventRaiseOption.RAISE_BROADCAST:
             message_id = self._broker._send(self.id, raiser, wire_param, sent_at)
+        if not (self.raised._sync or self.raised._async):
+            return None
         return EventNotification(
             event_id=self.id,
             raiser_id=raiser,
@@ -78,7 +82,7 @@ class Event:
         half done. Plain handlers run on this thread; async ones on the broker loop.
         """
         notification = self._prepare(raiser_id, param, option)
-        if self.raised.has_sync_handlers or self.raised.has_async_handlers:
+        if notification is not None:
             self._broker._run_local(self.raised.emit_sync(notification))
 
     async def raise_async(
@@ -89,8 +93,7 @@ class Event:
     ) -> None:
         """`raise_` for asyncio code: async handlers are awaited on the caller's loop."""
         notification = self._prepare(raiser_id, param, option)
-        work = self.raised.emit_sync(notification)
-        if work:
+        if notification is not None and (work := self.raised.emit_sync(notification)):
             await asyncio.gather(*work)
 
     def __repr__(self) -> str:

@@ -142,7 +142,8 @@ class SequenceTracker:
             if started_after_subscription and not state.origin_known:
                 self._know_origin(source, state, 1, now)
         if sequence > state.high:
-            self._open(source, state, state.high + 1, sequence - 1, now)
+            if sequence > state.high + 1:  # (the next number opens no hole: no call)
+                self._open(source, state, state.high + 1, sequence - 1, now)
             state.high = sequence
             return Verdict.NEW
         if sequence < state.low:

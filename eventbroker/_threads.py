@@ -100,6 +100,7 @@ class Dispatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._batch: list[_Work] = []
+        self._batch_future: asyncio.Future[None] | None = None  # shared by the batch's work
         self._idle = False  # waiting for work with nothing queued
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -108,27 +109,28 @@ class Dispatcher:
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
 
-    def submit(
-        self,
-        work: Callable[[], None],
-        future: asyncio.Future[Any] | None = None,
-        result: Any = None,
-    ) -> None:
-        """Run `work` on the dispatcher thread, then set `future`'s result to `result`.
+    def submit(self, work: Callable[[], None]) -> asyncio.Future[None]:
+        """Run `work` on the dispatcher thread; the future resolves (to None) once it ran.
 
         Called on the broker loop. An idle dispatcher gets the work at once (latency); a busy
-        one gets what this loop turn submits as one batch at the end of the turn (throughput).
+        one gets what this loop turn submits as one batch at the end of the turn (throughput),
+        and the work of one batch shares one future: it resolves once the whole batch ran.
         """
-        item = (work, future, result)
+        assert self._loop is not None, "start() the dispatcher first"
         with self._lock:
             if self._idle and not self._batch:
                 self._idle = False
-                self._queue.put([item])
-                return
-            self._batch.append(item)
-            first = len(self._batch) == 1
-        if first and self._loop is not None:
-            self._loop.call_soon(self._flush)
+                future = self._loop.create_future()
+                self._queue.put([(work, future)])
+                return future
+            shared = self._batch_future
+            if self._batch and shared is not None:
+                self._batch.append((work, None))
+                return shared
+            future = self._batch_future = self._loop.create_future()
+            self._batch.append((work, future))
+        self._loop.call_soon(self._flush)
+        return future
 
     def _flush(self) -> None:
         with self._lock:
@@ -146,14 +148,14 @@ class Dispatcher:
             self._idle = False
             if batch is None:
                 return
-            done: list[tuple[asyncio.Future[Any], Any]] = []
-            for work, future, result in batch:
+            done: list[asyncio.Future[None]] = []
+            for work, future in batch:
                 try:
                     work()
                 except Exception:  # the work guards handlers; this is a last resort
                     logger.exception("dispatch failed")
                 if future is not None:
-                    done.append((future, result))
+                    done.append(future)
             if done and self._loop is not None and not self._loop.is_closed():
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                     self._loop.call_soon_threadsafe(_resolve, done)
@@ -173,10 +175,10 @@ class Dispatcher:
                     )
 
 
-_Work = tuple[Callable[[], None], "asyncio.Future[Any] | None", Any]
+_Work = tuple[Callable[[], None], "asyncio.Future[None] | None"]
 
 
-def _resolve(done: list[tuple[asyncio.Future[Any], Any]]) -> None:
-    for future, result in done:
+def _resolve(done: list[asyncio.Future[None]]) -> None:
+    for future in done:
         if not future.done():
-            future.set_result(result)
+            future.set_result(None)
