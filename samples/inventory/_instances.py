@@ -15,6 +15,7 @@ import uvicorn
 
 from cache import CacheOptions, EntryOptions
 from cache.eventbroker_backplane import EVENT_ID as BACKPLANE_EVENT_ID
+from cache.eventbroker_backplane import PACK_ACTION, BackplaneWireMessage, decode_pack
 from eventbroker import (
     EventBroker,
     EventBrokerOptions,
@@ -90,15 +91,19 @@ class ReceivedLog:
             return self.received_from(source_instance_id)
 
 
-def _backplane_fields(param: Any) -> tuple[str, str]:
-    """(cache key, action) of a backplane message param, whatever shape it travels in."""
+def _backplane_fields(param: Any) -> list[tuple[str, str]]:
+    """(cache key, action) of each notification a backplane message param carries (a pack
+    carries several), whatever shape it travels in."""
+    if isinstance(param, BackplaneWireMessage) and param.action == PACK_ACTION:
+        messages, _, _ = decode_pack(param)
+        return [(m.cache_key, m.action.value) for m in messages]
     if isinstance(param, dict):
         key = param.get("cache_key", "?")
         action = param.get("action", "?")
     else:
         key = getattr(param, "cache_key", "?")
         action = getattr(param, "action", "?")
-    return str(key), str(getattr(action, "value", action))
+    return [(str(key), str(getattr(action, "value", action)))]
 
 
 def _services_args(
@@ -191,12 +196,12 @@ class WebInstance:
     def _on_received(self, args: EventReceivedEventArgs) -> None:
         if args.event_id != BACKPLANE_EVENT_ID:
             return
-        key, action = _backplane_fields(args.param)
         delay_ms = (time.time() - args.sent_at) * 1000
-        received = Received(key, action, delay_ms, args.source_instance_id)
-        self.received.add(received)
-        if self._on_received_hook is not None:
-            self._on_received_hook(received)
+        for key, action in _backplane_fields(args.param):
+            received = Received(key, action, delay_ms, args.source_instance_id)
+            self.received.add(received)
+            if self._on_received_hook is not None:
+                self._on_received_hook(received)
 
     def start(self) -> WebInstance:
         self._thread.start()
