@@ -1,6 +1,6 @@
 """A capacity model for a farm on Azure Service Bus: prints the table of docs/scaling.md.
 
-    python -m bench.capacity [--envelope-us 1100] [--key-us 5] [--max-pack 100]
+    python -m bench.capacity [--envelope-us 1000] [--key-us 5] [--max-pack 100]
 
 Every instance has its own subscription on one topic, so every envelope one instance sends is
 delivered to the N-1 others. Per envelope, Service Bus bills one operation for the send and
@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument(
         "--envelope-us",
         type=float,
-        default=1100.0,
+        default=1000.0,
         help="CPU per received envelope over Service Bus (bench/scale.py: servicebus net)",
     )
     parser.add_argument(
