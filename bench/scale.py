@@ -526,21 +526,18 @@ class Result:
     def envelopes_per_notification(self) -> float:
         return sum(r.published for r in self.reports) / self.plan.notifications()
 
-    def ops_per_notification(self) -> float | None:
-        """Billed operations (pricing FAQ): each message sent, each delivery, each settle."""
+    def _per_notification(self, *counts: str) -> float | None:
         if self.ops is None:
             return None
-        ops = self.ops
-        total = ops.get("messages", 0) + ops.get("deliveries", 0) + ops.get("settles", 0)
-        return total / self.plan.notifications()
+        return sum(self.ops.get(name, 0) for name in counts) / self.plan.notifications()
+
+    def ops_per_notification(self) -> float | None:
+        """Billed operations (pricing FAQ): each message sent, each delivery, each settle."""
+        return self._per_notification("messages", "deliveries", "settles")
 
     def credits_per_notification(self) -> float | None:
         """Standard-tier throttling credits: messages sent, filter evaluations, deliveries."""
-        if self.ops is None:
-            return None
-        ops = self.ops
-        total = ops.get("messages", 0) + ops.get("filter_evaluations", 0) + ops.get("deliveries", 0)
-        return total / self.plan.notifications()
+        return self._per_notification("messages", "filter_evaluations", "deliveries")
 
     def net_cpu_per_1000(self) -> float:
         """`cpu_per_1000` less what each instance spends idle (polling, timers)."""
