@@ -13,6 +13,7 @@ from ._backplane import (
     BackplaneSubscriptionOptions,
     MemoryBackplane,
     MemoryBackplaneHub,
+    PackingBackplane,
 )
 from ._context import FactoryContext
 from ._distributed import CircuitBreaker, DistributedCache, MemoryDistributedCache
@@ -60,5 +61,6 @@ __all__ = [
     "MemoryBackplane",
     "MemoryBackplaneHub",
     "MemoryDistributedCache",
+    "PackingBackplane",
     "Serializer",
 ]

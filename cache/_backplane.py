@@ -14,7 +14,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -81,6 +81,16 @@ class BackplaneSubscriptionOptions:
     messages_lost_handler: Callable[[], None] | None = None
     """Called when messages may have been lost (a gap, a reconnect): the cache expires every
     local entry, keeping the values for fail-safe. An extension of the original protocol."""
+    incoming_messages_handler: Callable[[Sequence[BackplaneMessage]], None] | None = None
+    """Optional: called with the messages of one pack (a backplane that coalesces), in order;
+    the same as calling `incoming_message_handler` for each, with the per-call work done once.
+    Without it the backplane calls `incoming_message_handler` per message."""
+    publish_failed_handler: (
+        Callable[[Sequence[tuple[BackplaneMessage, EntryOptions]], Exception], None] | None
+    ) = None
+    """Optional: called by a backplane that sends later than `publish` returned (a pack) with
+    the messages it could not send and why; the cache queues them for auto-recovery, as it
+    does for a `publish` that raises."""
 
 
 @runtime_checkable
@@ -98,6 +108,20 @@ class Backplane(Protocol):
     def publish(self, message: BackplaneMessage, options: EntryOptions) -> None: ...
 
     async def publish_async(self, message: BackplaneMessage, options: EntryOptions) -> None: ...
+
+
+@runtime_checkable
+class PackingBackplane(Protocol):
+    """A backplane that can send several messages as one envelope (`EventBrokerBackplane`):
+    `CacheInvalidator` sends its keys through it."""
+
+    def envelopes(self, messages: Sequence[BackplaneMessage]) -> list[Sequence[BackplaneMessage]]:
+        """`messages` grouped as they would travel now, in order."""
+        ...
+
+    def publish_envelope(self, messages: Sequence[BackplaneMessage]) -> None:
+        """Send one group of `envelopes` now; `BackplaneError` when refused."""
+        ...
 
 
 class MemoryBackplaneHub:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._auto_recovery import AutoRecovery, describe_error
@@ -65,6 +65,14 @@ class BackplaneAccessor:
             self._publish_failed(message, options, exc)
         else:
             self._publish_succeeded(message)
+
+    def publish_failed(
+        self, items: Sequence[tuple[BackplaneMessage, EntryOptions]], exc: Exception
+    ) -> None:
+        """The backplane could not send messages it had accepted (a pack, after `publish`
+        returned): queue them for auto-recovery like a publish that raised."""
+        for message, options in items:
+            self._publish_failed(message, options, exc)
 
     def _publish_failed(
         self, message: BackplaneMessage, options: EntryOptions, exc: Exception

@@ -143,6 +143,8 @@ class HybridCache(IncomingMessages):
                     incoming_message_handler=self._on_backplane_message,
                     connect_handler=self._on_backplane_connected,
                     messages_lost_handler=self._on_backplane_messages_lost,
+                    incoming_messages_handler=self._on_backplane_messages,
+                    publish_failed_handler=None if self._bp is None else self._bp.publish_failed,
                 )
             )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ._backplane import BackplaneMessage, BackplaneMessageAction
 from ._backplane_accessor import BackplaneAccessor
@@ -31,46 +31,67 @@ class IncomingMessages(CacheCore):
 
     def _on_backplane_message(self, message: BackplaneMessage) -> None:
         """Apply another instance's change to L1 (called from the backplane's thread)."""
-        if (
-            message.source_id == self.instance_id
-            or self.options.ignore_incoming_backplane_notifications
-        ):
+        self._on_backplane_messages((message,))
+
+    def _on_backplane_messages(self, messages: Sequence[BackplaneMessage]) -> None:
+        """Apply other instances' changes to L1 in order (a pack: the checks, the count and
+        the log are done once for all)."""
+        if self.options.ignore_incoming_backplane_notifications or not messages:
             return
-        self._counts.backplane_received += 1
-        logger.debug(
-            "cache %r: backplane message %s for %r from %s",
-            self.options.name,
-            message.action.name,
-            message.cache_key,
-            message.source_id or "a publisher without a cache",
-        )
-        signal = self.events.backplane_message_received
-        if signal._sync or signal._async:
-            emit(signal, message)
-        if not (self._bp is None or self._bp.recovery.queue.accept_incoming(message)):
+        own = self.instance_id
+        if messages[0].source_id == own and len(messages) == 1:
+            return
+        if logger.isEnabledFor(logging.DEBUG):
+            first = messages[0]
             logger.debug(
-                "ignored %s for %r: a newer local one is queued", message.action, message.cache_key
+                "cache %r: backplane message %s for %r from %s%s",
+                self.options.name,
+                first.action.name,
+                first.cache_key,
+                first.source_id or "a publisher without a cache",
+                f" and {len(messages) - 1} more in its pack" if len(messages) > 1 else "",
             )
-            return
-        if message.action is BackplaneMessageAction.CLEAR:
+        signal = self.events.backplane_message_received
+        emitting = bool(signal._sync or signal._async)
+        queue = None if self._bp is None else self._bp.recovery.queue
+        received = 0
+        for message in messages:
+            if message.source_id == own:
+                continue
+            received += 1
+            if emitting:
+                emit(signal, message)
+            if queue is not None and not queue.accept_incoming(message):
+                logger.debug(
+                    "ignored %s for %r: a newer local one is queued",
+                    message.action,
+                    message.cache_key,
+                )
+                continue
+            self._apply_incoming(message)
+        self._counts.backplane_received += received
+
+    def _apply_incoming(self, message: BackplaneMessage) -> None:
+        action = message.action
+        if action is BackplaneMessageAction.CLEAR:
             self._marks.learn(CLEAR, message.timestamp, NEVER)
             self._expire_all_local(message.timestamp, message.timestamp)
             return
-        if message.action in _TAG_ACTIONS:
-            if message.action is BackplaneMessageAction.TAG_REMOVE:
+        if action in _TAG_ACTIONS:
+            if action is BackplaneMessageAction.TAG_REMOVE:
                 self._marks.learn(message.cache_key, NEVER, message.timestamp)
             else:
                 self._marks.learn(message.cache_key, message.timestamp, NEVER)
             self._apply_mark(message.cache_key)
             return
-        if message.action is BackplaneMessageAction.ENTRY_EXPIRE:
+        if action is BackplaneMessageAction.ENTRY_EXPIRE:
             self._marks.expire_key(message.cache_key, message.timestamp)
         entry = self._memory.entries.get(message.cache_key)
         if entry is None or entry.timestamp >= message.timestamp:
             return
-        if message.action is BackplaneMessageAction.ENTRY_REMOVE:
+        if action is BackplaneMessageAction.ENTRY_REMOVE:
             self._memory.remove_if(message.cache_key, entry)
-        elif message.action is BackplaneMessageAction.ENTRY_SET:
+        elif action is BackplaneMessageAction.ENTRY_SET:
             # a newer value is in L2: anything newer than our copy may be served
             self._invalidate(message.cache_key, entry, self._clock(), entry.timestamp)
         else:  # ENTRY_EXPIRE: L2 values up to the message's time are stale too

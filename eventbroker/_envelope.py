@@ -52,6 +52,11 @@ MAX_PARAM_DEPTH = MAX_DEPTH - 2
 _MAX_ID = 256
 _MAX_SEQUENCE = 2**63 - 1
 _MAX_TIME = 1e11  # seconds since the epoch: year 5138; anything beyond is not a send time
+PROTOCOL = 2
+"""What this release can read, told to the other instances in its heartbeats (`Heartbeat.protocol`)
+so that a sender uses an additive feature only when every peer can read it. 1: releases that
+did not say; 2: this release. Raised by the next additive change that peers must understand."""
+_MAX_PROTOCOL = 2**31 - 1
 _PREFIX = b'{"sig":"'
 _SIG_LEN = 64
 _BODY_AT = len(_PREFIX) + _SIG_LEN + 2  # after `<sig>",`
@@ -174,6 +179,8 @@ class Heartbeat:
     key_id: str
     summary: Any = None
     """A small JSON object of the sender's own counters (optional)."""
+    protocol: int = PROTOCOL
+    """What the sender can read (`PROTOCOL`); 1 when its heartbeat did not say (older)."""
 
 
 # Event and raiser ids are few and repeat: parse and print each once.
@@ -273,6 +280,8 @@ def heartbeat_fields(heartbeat: Heartbeat) -> dict[str, Any]:
     }
     if heartbeat.summary is not None:
         fields["summary"] = heartbeat.summary
+    if heartbeat.protocol != 1:  # 1 is what an absent field means
+        fields["protocol"] = heartbeat.protocol
     return fields
 
 
@@ -627,6 +636,9 @@ def _heartbeat(fields: dict[str, Any], key_id: str) -> Heartbeat:
     interval = fields["interval"]
     if type(interval) not in (int, float) or not 0 <= interval <= 86400:
         raise ValueError("interval must be 0 to 86400 seconds")
+    protocol = fields.get("protocol", 1)
+    if type(protocol) is not int or not 1 <= protocol <= _MAX_PROTOCOL:
+        raise ValueError("protocol must be an int from 1 to 2**31-1")
     return Heartbeat(
         HeartbeatKind(fields["kind"]),
         _text(fields, "message_id"),
@@ -640,4 +652,5 @@ def _heartbeat(fields: dict[str, Any], key_id: str) -> Heartbeat:
         float(interval),
         key_id,
         fields.get("summary"),
+        protocol,
     )

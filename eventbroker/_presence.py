@@ -39,6 +39,9 @@ class InstanceInfo:
     heartbeat_lag: float | None = None
     """Seconds from the send time of its last heartbeat to its arrival here (delivery delay
     plus the difference of the two clocks); None before a heartbeat arrived."""
+    protocol: int | None = None
+    """What it can read (`Heartbeat.protocol`: 1 for a release that did not say); None before
+    a heartbeat arrived."""
 
 
 class _Record:
@@ -50,6 +53,7 @@ class _Record:
         "instance_id",
         "last_seen",
         "last_sequence",
+        "protocol",
         "site_id",
         "started_at",
         "summary",
@@ -66,6 +70,7 @@ class _Record:
         self.heartbeat_interval: float | None = None
         self.summary: Mapping[str, Any] | None = None
         self.heartbeat_lag: float | None = None
+        self.protocol: int | None = None
 
     def info(self) -> InstanceInfo:
         return InstanceInfo(
@@ -79,6 +84,7 @@ class _Record:
             self.heartbeat_interval,
             self.summary,
             self.heartbeat_lag,
+            self.protocol,
         )
 
 
@@ -106,6 +112,7 @@ class Presence:
         if heartbeat.last_sequence > (record.last_sequence or 0):
             record.last_sequence = heartbeat.last_sequence
         record.heartbeat_interval = heartbeat.interval
+        record.protocol = heartbeat.protocol
         summary = heartbeat.summary
         record.summary = summary if isinstance(summary, Mapping) else None
         return True

@@ -9,7 +9,14 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from cache import Backplane, BackplaneError, BackplaneMessage, BackplaneMessageAction, EntryOptions
+from cache import (
+    Backplane,
+    BackplaneError,
+    BackplaneMessage,
+    BackplaneMessageAction,
+    EntryOptions,
+    PackingBackplane,
+)
 
 from ._errors import JobsError
 
@@ -34,8 +41,10 @@ class CacheInvalidator:
     echoes a message to its sender. Expire keeps the old value on each instance for fail-safe
     (the next read reloads it; if that load fails the last good value is served); remove
     deletes it. Keys are de-duplicated, stamped with one time (entries loaded before it are
-    affected) and sent in order; when the transport pushes back (`PublishError` or `BackplaneError`: a full
-    outgoing queue) the invalidator waits and retries until `publish_timeout`.
+    affected) and sent in order: over a backplane that packs (`EventBrokerBackplane`), in as
+    few envelopes as its limits allow, at once; else one message per key. When the transport
+    pushes back (`PublishError` or `BackplaneError`: a full outgoing queue) the invalidator
+    waits and retries until `publish_timeout`.
     """
 
     def __init__(
@@ -63,7 +72,8 @@ class CacheInvalidator:
         return cls(backplane, remove=remove, publish_timeout=publish_timeout)
 
     def invalidate(self, keys: Iterable[str], *, remove: bool | None = None) -> int:
-        """Tell every instance that `keys` are stale; returns how many messages were sent."""
+        """Tell every instance that `keys` are stale; returns how many keys were sent (a pack
+        carries many)."""
         from eventbroker import PublishError
 
         action = (
@@ -73,13 +83,20 @@ class CacheInvalidator:
         )
         pending = list(_unique(keys))
         stamp = time.time()
+        messages = [BackplaneMessage(cache_key=k, action=action, timestamp=stamp) for k in pending]
+        backplane = self.backplane
+        packing = backplane if isinstance(backplane, PackingBackplane) else None
+        groups = packing.envelopes(messages) if packing is not None else [(m,) for m in messages]
         deadline = time.monotonic() + self.publish_timeout
         delay = 0.01
-        sent = 0
-        while sent < len(pending):
-            message = BackplaneMessage(cache_key=pending[sent], action=action, timestamp=stamp)
+        sent = index = 0
+        while index < len(groups):
+            group = groups[index]
             try:
-                self.backplane.publish(message, self._options)
+                if packing is not None:
+                    packing.publish_envelope(group)
+                else:
+                    backplane.publish(group[0], self._options)
             except (PublishError, BackplaneError) as exc:
                 if time.monotonic() + delay > deadline:
                     raise InvalidationError(
@@ -91,7 +108,8 @@ class CacheInvalidator:
                 delay = min(delay * 2, 1.0)
                 continue
             delay = 0.01
-            sent += 1
+            sent += len(group)
+            index += 1
         if sent:
             log.debug("invalidated %d key(s) (%s) on every instance", sent, action.value)
         return sent

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from cache import (
@@ -13,7 +15,15 @@ from cache import (
     MemoryBackplane,
     MemoryBackplaneHub,
 )
-from eventbroker import PublishError
+from cache.eventbroker_backplane import EventBrokerBackplane
+from eventbroker import (
+    EventBroker,
+    EventBrokerOptions,
+    EventRegistry,
+    InMemoryHub,
+    InMemoryTransport,
+    PublishError,
+)
 from jobs import CacheInvalidator, InvalidationError
 
 FAIL_SAFE = EntryOptions(duration=60, is_fail_safe_enabled=True)
@@ -104,3 +114,73 @@ def test_push_back_is_retried_and_a_deadline_names_the_unsent_keys() -> None:
     assert info.value.keys == ["a", "b"]
     with pytest.raises(TypeError, match="non-empty str"):
         CacheInvalidator(backplane).invalidate(["ok", ""])  # type: ignore[arg-type]
+
+
+class Web:
+    """A web instance over the in-memory hub: broker, cache, the envelopes it received."""
+
+    def __init__(self, hub: InMemoryHub) -> None:
+        self.broker = EventBroker(InMemoryTransport(hub), EventBrokerOptions(secret=SECRET))
+        self.broker.start()
+        self.backplane = EventBrokerBackplane(EventRegistry(self.broker), self.broker)
+        self.cache = HybridCache(CacheOptions(name="shop"), backplane=self.backplane)
+        self.envelopes = 0
+        self.broker.event_received.subscribe(lambda _: self._count())
+
+    def _count(self) -> None:
+        self.envelopes += 1
+
+    def close(self) -> None:
+        self.cache.close()
+        self.broker.stop()
+
+
+SECRET = "test-secret-0123456789"
+
+
+class RefusingAfter(EventBrokerBackplane):
+    """Sends `ok` envelopes, then the transport pushes back `refusals` times."""
+
+    def __init__(self, registry: EventRegistry, ok: int, refusals: int) -> None:
+        super().__init__(registry, registry.broker)
+        self.ok, self.refusals = ok, refusals
+
+    def publish_envelope(self, messages: Sequence[BackplaneMessage]) -> None:
+        if self.ok <= 0 and self.refusals > 0:
+            self.refusals -= 1
+            raise BackplaneError("outgoing queue full")
+        self.ok -= 1
+        super().publish_envelope(messages)
+
+
+def test_over_the_event_broker_keys_travel_in_packs() -> None:
+    hub = InMemoryHub()
+    web = [Web(hub), Web(hub)]
+    job = EventBroker(InMemoryTransport(hub), EventBrokerOptions(secret=SECRET))
+    keys = [f"p:{i}" for i in range(250)]
+    try:
+        job.start()
+        for node in web:
+            for key in keys:
+                node.cache.get_or_set(key, lambda: "v1", FAIL_SAFE)
+            node.backplane.flush()
+        hub.drain()
+        before = [node.envelopes for node in web]
+        registry = EventRegistry(job)
+        invalidator = CacheInvalidator.for_registry(registry)
+        assert invalidator.invalidate(keys) == 250
+        hub.drain()
+        assert [n.envelopes - b for n, b in zip(web, before, strict=True)] == [3, 3]  # 100 a pack
+        for node in web:
+            assert not any(node.cache.try_get(key).has_value for key in keys)
+            assert node.cache.get_or_set("p:7", lambda: "v2", FAIL_SAFE) == "v2"
+        # push back is retried per envelope; at the deadline the error names the unsent keys
+        assert CacheInvalidator(RefusingAfter(registry, 1, 3)).invalidate(keys) == 250
+        stuck = CacheInvalidator(RefusingAfter(registry, 1, 10**6), publish_timeout=0.05)
+        with pytest.raises(InvalidationError, match="published 100 of 250") as info:
+            stuck.invalidate(keys)
+        assert info.value.keys == keys[100:]
+    finally:
+        job.stop()
+        for node in web:
+            node.close()

@@ -20,7 +20,7 @@ import attrs
 from cache import Backplane, CacheOptions, Health, HealthStatus, HybridCache
 from cache._redact import redact_text
 from cache._settings import EnvSettings, env, read_variable, url_repr
-from cache.eventbroker_backplane import EventBrokerBackplane
+from cache.eventbroker_backplane import BackplaneOptions, EventBrokerBackplane
 
 from .._broker import EventBroker
 from .._memory_transport import InMemoryHub, InMemoryTransport
@@ -308,7 +308,9 @@ class AppServices:
         return HybridCache(
             options,
             distributed_cache=l2,
-            backplane=EventBrokerBackplane(registry, broker),
+            backplane=EventBrokerBackplane(
+                registry, broker, options=BackplaneOptions.from_env(env)
+            ),
             owns_distributed_cache=True,
         )
 
@@ -418,7 +420,7 @@ class AppServices:
         logger.info("stopped in %.2f s", time.monotonic() - began)
 
     def _backplane(self) -> Backplane:
-        return EventBrokerBackplane(self.registry, self.broker)
+        return EventBrokerBackplane(self.registry, self.broker, options=BackplaneOptions.from_env())
 
     def _steps(self) -> list[_StopStep]:
         steps: list[_StopStep] = []

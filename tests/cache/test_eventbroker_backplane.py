@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -32,6 +33,20 @@ from .conftest import Counter, wait_until
 OPTIONS = EntryOptions(duration=60, is_fail_safe_enabled=True)
 
 
+class FlushingHub(InMemoryHub):
+    """The hub whose `drain()` first sends what the backplanes hold in their packs."""
+
+    def __init__(self, coalesce_window: float = 0.002) -> None:
+        super().__init__()
+        self.backplanes: list[EventBrokerBackplane] = []
+        self.coalesce_window = coalesce_window
+
+    def drain(self, *args: Any, **kwargs: Any) -> Any:
+        for backplane in self.backplanes:
+            backplane.flush()
+        return super().drain(*args, **kwargs)
+
+
 class Instance:
     """One app instance: broker, registry, backplane, cache."""
 
@@ -44,7 +59,10 @@ class Instance:
         )
         self.registry = EventRegistry(self.broker)
         self.broker.start()
-        self.backplane = EventBrokerBackplane(self.registry, self.broker)
+        window = hub.coalesce_window if isinstance(hub, FlushingHub) else None
+        self.backplane = EventBrokerBackplane(self.registry, self.broker, coalesce_window=window)
+        if isinstance(hub, FlushingHub):
+            hub.backplanes.append(self.backplane)
         self.cache = HybridCache(
             CacheOptions(name="shop", default_entry_options=OPTIONS), l2, self.backplane
         )
@@ -56,9 +74,10 @@ class Instance:
         self.broker.stop()
 
 
-@pytest.fixture
-def hub() -> InMemoryHub:
-    return InMemoryHub()
+@pytest.fixture(params=[0.0, 0.002], ids=["singles", "packs"])
+def hub(request: pytest.FixtureRequest) -> InMemoryHub:
+    """Every test runs with packs off and with the default window (`drain` sends the packs)."""
+    return FlushingHub(request.param)
 
 
 @pytest.fixture
@@ -168,6 +187,7 @@ def test_dropped_message_is_detected_and_expires_everything(
     hub.drain()
     hub.faults = HubFaults(drop=1.0)
     a.cache.expire("x")  # lost on the way to b
+    hub.drain()  # (sends it, had it waited in a pack)
     hub.faults = HubFaults()
     a.cache.set("z", 1)  # b sees a sequence gap
     hub.drain()

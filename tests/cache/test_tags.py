@@ -18,10 +18,9 @@ from cache import (
     MemoryDistributedCache,
 )
 from cache.eventbroker_backplane import EVENT_ID, RAISER_ID
-from eventbroker import InMemoryHub
 
 from .conftest import Counter, FakeClock, wait_until
-from .test_eventbroker_backplane import Instance
+from .test_eventbroker_backplane import FlushingHub, Instance
 
 MakeCache = Callable[..., HybridCache]
 FAIL_SAFE = EntryOptions(duration=60, is_fail_safe_enabled=True)
@@ -160,7 +159,7 @@ def test_a_mark_read_from_l2_is_read_again_after_the_refresh_interval(clock: Fak
 def test_tag_messages_reach_every_instance_over_the_event_broker(
     clock: FakeClock,
 ) -> None:
-    hub = InMemoryHub()
+    hub = FlushingHub()  # its drain sends the packs
     l2 = MemoryDistributedCache()
     a, b, c = (Instance(hub, l2) for _ in range(3))
     try:
