@@ -1,6 +1,6 @@
 """A capacity model for a farm on Azure Service Bus: prints the table of docs/scaling.md.
 
-    python -m bench.capacity [--envelope-us 1000] [--key-us 5] [--max-pack 100]
+    python -m bench.capacity [--envelope-us 1300] [--key-us 30] [--max-pack 100]
 
 Every instance has its own subscription on one topic, so every envelope one instance sends is
 delivered to the N-1 others. Per envelope, Service Bus bills one operation for the send and
@@ -139,14 +139,14 @@ def main() -> None:
     parser.add_argument(
         "--envelope-us",
         type=float,
-        default=1000.0,
+        default=1300.0,
         help="CPU per received envelope over Service Bus (bench/scale.py: servicebus net)",
     )
     parser.add_argument(
         "--key-us",
         type=float,
-        default=5.0,
-        help="CPU per further notification in a packed envelope (bench/scale.py: cache apply)",
+        default=30.0,
+        help="CPU per further notification in a packed envelope (bench/scale.py: packed bursts)",
     )
     parser.add_argument("--max-pack", type=int, default=100, help="coalesce_max_messages")
     parser.add_argument("--sizes", default="10,100,500,2000")

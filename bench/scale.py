@@ -2,12 +2,15 @@
 
     python -m bench.scale [--sizes 2,4,8,16] [--transports hub,servicebus] [--keys 200]
                           [--sets 20] [--duration 2] [--coalesce-window 0.002]
+                          [--batch-keys 500] [--batch 100]
 
 A farm of N instances: one job instance (a `CacheInvalidator` over an `EventBrokerBackplane`)
 invalidates `--keys` keys in packs of `--pack`, spread over `--duration` seconds; N-1 web
 instances (a `HybridCache` on an `EventBrokerBackplane`, every job key in L1) each do `--sets`
 `set`s over the same time (each one a backplane notification to every other instance, as in
-FusionCache). Each web instance therefore receives keys + (N-2) * sets notifications.
+FusionCache). Each web instance therefore receives keys + (N-2) * sets notifications. Then,
+at the largest size, job bursts only: `--batch-keys` keys in `invalidate()` calls of `--batch`
+(no sets), which gives the final line: the per-key receive CPU at the largest batch.
 
 Two transports: `hub` (every instance in this one process, on an `InMemoryHub`) and
 `servicebus` (every instance its own OS process, over the loopback Service Bus broker, which
@@ -339,6 +342,7 @@ def child_main(role: str, index: int, plan_json: str) -> None:
     instance = Instance(role, index, transport, plan)
     instance.start()
     print(json.dumps({"event": "ready"}), flush=True)
+    sys.stdin.readline()  # "idle": every instance is up and has heard the others' hellos
     idle_cpu, idle_wall = time.process_time(), time.monotonic()
     go = sys.stdin.readline().split()
     t0 = float(go[1])
@@ -433,7 +437,10 @@ def run_servicebus(plan: Plan, bus: Any, counter: OpCounter) -> Result:
     try:
         for child in children:
             _read_event(child, "ready", 120)
-        time.sleep(1.0)  # the hellos settle; each instance measures its idle CPU
+        time.sleep(0.5)  # the hellos settle
+        for child in children:
+            _send(child, "idle")
+        time.sleep(1.0)  # each instance measures its idle CPU
         ops0 = counter.snapshot()
         cpu0, wall0 = time.process_time(), time.time()
         t0 = wall0 + 0.2
@@ -524,12 +531,12 @@ class Result:
         return sum(r.memory.get("dedup", 0) for r in self.webs) / max(ids, 1)
 
     def envelopes_per_notification(self) -> float:
-        return sum(r.published for r in self.reports) / self.plan.notifications()
+        return sum(r.published for r in self.reports) / max(self.plan.notifications(), 1)
 
     def _per_notification(self, *counts: str) -> float | None:
         if self.ops is None:
             return None
-        return sum(self.ops.get(name, 0) for name in counts) / self.plan.notifications()
+        return sum(self.ops.get(name, 0) for name in counts) / max(self.plan.notifications(), 1)
 
     def ops_per_notification(self) -> float | None:
         """Billed operations (pricing FAQ): each message sent, each delivery, each settle."""
@@ -555,8 +562,10 @@ class Result:
         return (sum(r.cpu for r in self.reports) + self.parent_cpu) / self.wall
 
     def fell_behind(self) -> bool:
-        """The farm took much longer than the work was spread over: it could not keep up."""
-        return self.wall > self.plan.duration * 1.5 + 0.5
+        """The farm took much longer than the work was spread over, or its invalidations
+        queued for more than a quarter of a second: it could not keep up."""
+        lag = self.lag_ms(0.5)
+        return self.wall > self.plan.duration * 1.5 + 0.5 or (lag is not None and lag > 250)
 
     def cpu_bound(self) -> bool:
         return self.fell_behind() or self.cores_used() >= 0.8 * (os.cpu_count() or 1)
@@ -607,6 +616,10 @@ def main() -> None:
         "--duration", type=float, default=2.0, help="seconds the work is spread over"
     )
     parser.add_argument(
+        "--batch-keys", type=int, default=500, help="keys of the job-bursts-only run"
+    )
+    parser.add_argument("--batch", type=int, default=100, help="keys per call in that run")
+    parser.add_argument(
         "--coalesce-window",
         type=float,
         default=0.002,
@@ -629,53 +642,76 @@ def main() -> None:
         "presence) per web instance; envelopes sent per notification; Service Bus billed "
         "operations per notification (messages sent + deliveries + settles) and Standard-tier "
         "credits per notification (messages sent + filter evaluations + deliveries), heartbeats "
-        "included; CPU cores in use; CPU-bound: the farm fell behind the offered rate (took over 1.5x the "
-        "planned time) or used >= 80% of the machine's cores"
+        "included; CPU cores in use; CPU-bound: the farm fell behind the offered rate (took "
+        "over 1.5x the planned time, or lag p50 over 250 ms) or used >= 80% of the machine's "
+        "cores"
     )
     print(HEADER)
     results: list[Result] = []
+    bursts: list[Result] = []
+    largest = max(sizes)
     with contextlib.ExitStack() as stack:
         bus: Any = None
         counter: OpCounter | None = None
         if "servicebus" in transports:
             bus, counter = stack.enter_context(loopback())
+
+        def run(plan: Plan, transport: str) -> Result:
+            if transport == "hub":
+                return run_hub(plan)
+            assert counter is not None
+            return run_servicebus(plan, bus, counter)
+
+        def not_available(transport: str, size: int) -> None:
+            print(
+                f"{transport:10} {size:3} {'packed':15} n/a (coalescing not available: "
+                "EventBrokerBackplane takes no coalesce_window)"
+            )
+
         for size in sizes:
             for transport in transports:
                 for window in windows:
                     plan = Plan(size, args.keys, args.pack, args.sets, args.duration, window)
-                    if transport == "hub":
-                        result = run_hub(plan)
-                    else:
-                        assert counter is not None
-                        result = run_servicebus(plan, bus, counter)
-                    results.append(result)
-                    print(row(result), flush=True)
+                    results.append(run(plan, transport))
+                    print(row(results[-1]), flush=True)
                 if not packing:
-                    print(
-                        f"{transport:10} {size:3} {'packed':15} n/a (coalescing not available: "
-                        "EventBrokerBackplane takes no coalesce_window)"
-                    )
-    largest = max(sizes)
+                    not_available(transport, size)
+        print(
+            f"job bursts only, N={largest}: {args.batch_keys} keys in invalidate() calls of "
+            f"{args.batch} keys, no sets"
+        )
+        print(HEADER)
+        for transport in transports:
+            for window in windows:
+                plan = Plan(largest, args.batch_keys, args.batch, 0, args.duration, window)
+                bursts.append(run(plan, transport))
+                print(row(bursts[-1]), flush=True)
+            if not packing:
+                not_available(transport, largest)
     print(
         "CPU-bound farms: their lag is queueing on this machine (every instance shares its 2 "
         "cores); CPU per notification, envelopes and operations per notification still hold"
     )
-    per_id = max(r.dedup_bytes_per_id() for r in results)
+    most = max(results + bursts, key=lambda r: sum(w.memory.get("dedup_ids", 0) for w in r.webs))
+    per_id = most.dedup_bytes_per_id()  # the run with the most ids: the set's fixed part shared
     print(
         f"receive state: the dedup window holds {per_id:.0f} bytes per remembered envelope id: "
         f"{per_id * 100_000 / 2**20:.1f} MiB per instance at the default dedup_capacity "
         "(100,000 ids, reached after that many received envelopes; packing divides the count); "
         "sequence and presence state grow with the number of instances, not messages"
     )
+    apply = min(apply_cost_us() for _ in range(3))
+    print(f"cache apply per key (L1 expire, no transport; best of 3): {apply:.1f} us")
     parts = []
-    for result in (r for r in results if r.plan.instances == largest):
+    for result in bursts:
         mode = "unpacked" if not result.plan.window else "packed"
-        net = result.net_cpu_per_1000()  # ms per 1,000 == us per notification
-        parts.append(f"{result.transport} {mode} {net:.0f} us")
+        raw, net = result.cpu_per_1000(), result.net_cpu_per_1000()  # ms per 1k == us each
+        extra = f" ({net:.0f} us net of idle)" if result.transport != "hub" else ""
+        parts.append(f"{result.transport} {mode} {raw:.0f} us{extra}")
     print(
-        f"cache apply per key (L1 expire, no transport; best of 3): {min(apply_cost_us() for _ in range(3)):.1f} us"
+        f"per-key receive CPU per web instance at the largest batch (N={largest}, "
+        f"invalidate() calls of {args.batch} keys): " + ", ".join(parts)
     )
-    print(f"per-key receive CPU per web instance at N={largest}: " + ", ".join(parts))
 
 
 if __name__ == "__main__":
