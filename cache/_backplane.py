@@ -60,6 +60,19 @@ class BackplaneMessage:
     timestamp: float = attrs.field(factory=_now, converter=float)
     """When the change happened (seconds since the epoch); older local entries are affected."""
 
+    @classmethod
+    def trusted(
+        cls, cache_key: str, action: BackplaneMessageAction, source_id: str, timestamp: float
+    ) -> BackplaneMessage:
+        """A message from fields already checked (a received pack's), without the checks."""
+        message = object.__new__(cls)
+        set_field = object.__setattr__
+        set_field(message, "cache_key", cache_key)
+        set_field(message, "action", action)
+        set_field(message, "source_id", source_id)
+        set_field(message, "timestamp", timestamp)
+        return message
+
 
 @attrs.frozen
 class BackplaneConnectionInfo:

@@ -202,6 +202,7 @@ _SAMPLES: dict[str, tuple[str, Any]] = {
     "topic": ("shop-events", "shop-events"),
     "administration_endpoint": ("http://127.0.0.1:5300", "http://127.0.0.1:5300"),
     "eager_refresh_threshold": ("0.5", 0.5),
+    "coalesce_window": ("0.01", 0.01),
     "database_url": ("postgresql://app:pw@db/inventory", "postgresql://app:pw@db/inventory"),
     "jobs_store": ("postgresql://app:pw@db/jobs", "postgresql://app:pw@db/jobs"),
     "transport": ("MEMORY", "memory"),
