@@ -65,10 +65,12 @@ class CacheInvalidator:
     def for_registry(
         cls, registry: EventRegistry, *, remove: bool = False, publish_timeout: float = 30.0
     ) -> CacheInvalidator:
-        """An invalidator over the registry's broker (through an `EventBrokerBackplane`)."""
-        from cache.eventbroker_backplane import EventBrokerBackplane
+        """An invalidator over the registry's broker (through an `EventBrokerBackplane` whose
+        pack limits `BackplaneOptions.from_env()` reads: ``CACHE_BACKPLANE_COALESCE_*``)."""
+        from cache.eventbroker_backplane import BackplaneOptions, EventBrokerBackplane
 
-        backplane = EventBrokerBackplane(registry, registry.broker)
+        options = BackplaneOptions.from_env()
+        backplane = EventBrokerBackplane(registry, registry.broker, options=options)
         return cls(backplane, remove=remove, publish_timeout=publish_timeout)
 
     def invalidate(self, keys: Iterable[str], *, remove: bool | None = None) -> int:

@@ -153,6 +153,36 @@ class RefusingAfter(EventBrokerBackplane):
         super().publish_envelope(messages)
 
 
+def test_for_registry_takes_the_pack_limits_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hub = InMemoryHub()
+    web = Web(hub)
+    job = EventBroker(InMemoryTransport(hub), EventBrokerOptions(secret=SECRET))
+    try:
+        job.start()
+        registry = EventRegistry(job)
+        monkeypatch.setenv("CACHE_BACKPLANE_COALESCE_MAX_MESSAGES", "40")
+        invalidator = CacheInvalidator.for_registry(registry)
+        hub.drain()
+        before = web.envelopes
+        assert invalidator.invalidate([f"p:{i}" for i in range(100)]) == 100
+        hub.drain()
+        assert web.envelopes - before == 3  # 40 a pack
+        monkeypatch.setenv("CACHE_BACKPLANE_COALESCE_WINDOW", "0")
+        invalidator = CacheInvalidator.for_registry(registry)
+        before = web.envelopes
+        assert invalidator.invalidate([f"q:{i}" for i in range(5)]) == 5
+        hub.drain()
+        assert web.envelopes - before == 5  # packs off: one envelope a key
+        monkeypatch.setenv("CACHE_BACKPLANE_COALESCE_WINDOW", "soon")
+        with pytest.raises(ValueError, match="CACHE_BACKPLANE_COALESCE_WINDOW"):
+            CacheInvalidator.for_registry(registry)
+    finally:
+        job.stop()
+        web.close()
+
+
 def test_over_the_event_broker_keys_travel_in_packs() -> None:
     hub = InMemoryHub()
     web = [Web(hub), Web(hub)]
