@@ -34,6 +34,20 @@ class FakeClock:
         self.now += seconds
 
 
+class OffsetClock:
+    """Wall time plus an offset the test moves forward: expiry, scheduled times and locks
+    without sleeping (for code that also reads the real clock, such as the SDK's)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
 class ManualTransport:
     """A transport the test drives: it records what is published and delivers what it is fed."""
 

@@ -36,20 +36,9 @@ from azure.servicebus.management import CorrelationRuleFilter, SqlRuleFilter
 from eventbroker.servicebus import ServiceBusOptions
 from eventbroker.testing import LoopbackServiceBus, administration_client
 
+from ._support import OffsetClock
+
 RAD = ServiceBusReceiveMode.RECEIVE_AND_DELETE
-
-
-class OffsetClock:
-    """Wall time plus an offset the test moves forward: expiry without sleeping."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
 
 
 @pytest.fixture

@@ -34,21 +34,9 @@ from azure.servicebus.management import SqlRuleAction, SqlRuleFilter
 
 from eventbroker.testing import LoopbackServiceBus, ServiceBusEntityError, administration_client
 
+from ._support import OffsetClock
+
 RAD = ServiceBusReceiveMode.RECEIVE_AND_DELETE
-
-
-class OffsetClock:
-    """Wall time plus an offset the test moves forward: scheduled times and locks come
-    without sleeping."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
 
 
 @pytest.fixture

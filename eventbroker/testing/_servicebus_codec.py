@@ -154,6 +154,12 @@ def _scalar(buf: bytes, pos: int) -> Any:
         return buf[pos + 1] != 0
     if code == 0x50:
         return buf[pos + 1]
+    return _uint(buf, pos)
+
+
+def _uint(buf: bytes, pos: int) -> int | None:
+    """A uint at `pos` (uint0, smalluint, uint); None for anything else (null included)."""
+    code = buf[pos]
     if code == 0x43:
         return 0
     if code == 0x52:

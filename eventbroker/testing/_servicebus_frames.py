@@ -23,7 +23,7 @@ from typing import Any
 
 from proton import ProtonException
 
-from ._servicebus_codec import _compound, _skip
+from ._servicebus_codec import _compound, _skip, _uint
 
 __all__ = ["DeliveryIdRepair", "RepairingTransport"]
 
@@ -158,17 +158,6 @@ def _fields(body: bytes, at: int) -> list[int]:
         offsets.append(pos)
         pos = _skip(body, pos)
     return offsets
-
-
-def _uint(buf: bytes, pos: int) -> int | None:
-    code = buf[pos]
-    if code == 0x43:
-        return 0
-    if code == 0x52:
-        return buf[pos + 1]
-    if code == 0x70:
-        return int.from_bytes(buf[pos + 1 : pos + 5], "big")
-    return None  # null, or not a uint
 
 
 def _bool(buf: bytes, pos: int) -> bool:
