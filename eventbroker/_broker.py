@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures.thread  # registers its exit hook now, so ours (below) runs first
+import contextvars
 import functools
 import json
 import logging
@@ -42,7 +43,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -88,6 +89,7 @@ MAX_SUMMARY_BYTES = 8192
 _HEARTBEAT_SOON = 1.0
 """`request_heartbeat` sends at most one extra heartbeat per this many seconds."""
 
+T = TypeVar("T")
 SummaryProvider = Callable[[], Mapping[str, Any] | None]
 
 
@@ -200,6 +202,7 @@ class EventBroker:
         self._log = LogLimiter(logger, clock)
         self._io = IoLoop(f"eventbroker-io-{self.instance_id[:8]}")
         self._dispatcher = Dispatcher(f"eventbroker-dispatch-{self.instance_id[:8]}")
+        self._call_sync: Callable[[list[tuple[Signal[Any], Any]]], None]  # set by start()
         self._maintenance: asyncio.Task[None] | None = None
         self._started = False
         self._stopped = False
@@ -252,6 +255,7 @@ class EventBroker:
                 )
             self.started_at = self._clock()
             loop = self._io.start()
+            self._call_sync = functools.partial(_call_sync, loop)
             self._dispatcher.start(loop)
             try:
                 self._io.run(self._start_on_loop())
@@ -737,28 +741,25 @@ class EventBroker:
         scope: DeliveryScope | None = None,
     ) -> asyncio.Future[Rejection | None]:
         """Run the handlers (see the module docstring); with a `scope`, in its context."""
-        sync: list[tuple[Signal[Any], Any]] = []
+        sync = False
         work: list[Coroutine[Any, Any, None]] = []
-        for emission in emissions:  # a loop, not two comprehensions: one or two emissions
-            signal = emission[0]
+        for signal, arg in emissions:  # a loop, not two comprehensions: one or two emissions
             if signal._sync:
-                sync.append(emission)
+                sync = True
             if signal._async:
-                work += signal.async_work(emission[1])
+                work += signal.async_work(arg)
         if not sync and not work:
             if scope is not None:
                 scope.end()
             return _done(loop, None)
         context = None if scope is None else scope.context
         if sync:
-
-            def run_sync() -> None:
-                for signal, arg in sync:
-                    for leftover in signal.call_sync(arg):
-                        asyncio.run_coroutine_threadsafe(leftover, loop)
-
-            runner = run_sync if context is None else functools.partial(context.run, run_sync)
-            sync_done = self._dispatcher.submit(runner)
+            # `emissions` is all that stays alive per message until the dispatcher thread runs
+            # it (no closure): a signal without plain handlers calls none there.
+            runner = self._call_sync
+            if context is not None:
+                runner = functools.partial(_call_in, context, runner)
+            sync_done = self._dispatcher.submit(runner, emissions)
             if not work:
                 if scope is not None:
                     sync_done.add_done_callback(lambda _: scope.end())
@@ -1028,6 +1029,18 @@ def _done(
     future: asyncio.Future[Rejection | None] = loop.create_future()
     future.set_result(result)
     return future
+
+
+def _call_sync(loop: asyncio.AbstractEventLoop, emissions: list[tuple[Signal[Any], Any]]) -> None:
+    """Run the plain handlers of `emissions` (on the dispatcher thread); a plain handler's
+    leftover awaitable goes to the broker `loop`."""
+    for signal, arg in emissions:
+        for leftover in signal.call_sync(arg):
+            asyncio.run_coroutine_threadsafe(leftover, loop)
+
+
+def _call_in(context: contextvars.Context, call: Callable[[T], None], arg: T) -> None:
+    context.run(call, arg)
 
 
 async def _await(future: asyncio.Future[None]) -> None:

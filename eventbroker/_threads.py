@@ -91,15 +91,17 @@ class Dispatcher:
 
     Work submitted during one turn of the loop goes to the thread as one batch, and the batch's
     futures are resolved in one call back: a burst costs two wake-ups, not two per message.
+    A batch holds its work and arguments flat, beside one future: the little that stays alive
+    per message until the thread runs it is what the garbage collector walks meanwhile.
     """
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._queue: queue.SimpleQueue[list[_Work] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self._batch: list[_Work] = []
+        self._batch: list[Any] = []  # work, arg, work, arg, ...
         self._batch_future: asyncio.Future[None] | None = None  # shared by the batch's work
         self._idle = False  # waiting for work with nothing queued
 
@@ -109,8 +111,8 @@ class Dispatcher:
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
 
-    def submit(self, work: Callable[[], None]) -> asyncio.Future[None]:
-        """Run `work` on the dispatcher thread; the future resolves (to None) once it ran.
+    def submit(self, work: Callable[[T], object], arg: T) -> asyncio.Future[None]:
+        """Run `work(arg)` on the dispatcher thread; the future resolves (to None) once it ran.
 
         Called on the broker loop. An idle dispatcher gets the work at once (latency); a busy
         one gets what this loop turn submits as one batch at the end of the turn (throughput),
@@ -118,25 +120,27 @@ class Dispatcher:
         """
         assert self._loop is not None, "start() the dispatcher first"
         with self._lock:
-            if self._idle and not self._batch:
+            batch = self._batch
+            if self._idle and not batch:
                 self._idle = False
                 future = self._loop.create_future()
-                self._queue.put([(work, future)])
+                self._queue.put((future, [work, arg]))
                 return future
             shared = self._batch_future
-            if self._batch and shared is not None:
-                self._batch.append((work, None))
+            batch.append(work)
+            batch.append(arg)
+            if shared is not None:
                 return shared
             future = self._batch_future = self._loop.create_future()
-            self._batch.append((work, future))
         self._loop.call_soon(self._flush)
         return future
 
     def _flush(self) -> None:
         with self._lock:
             batch, self._batch = self._batch, []
-        if batch:
-            self._queue.put(batch)
+            future, self._batch_future = self._batch_future, None
+        if future is not None:
+            self._queue.put((future, batch))
 
     def _run(self) -> None:
         get, empty = self._queue.get, self._queue.empty
@@ -148,17 +152,17 @@ class Dispatcher:
             self._idle = False
             if batch is None:
                 return
-            done: list[asyncio.Future[None]] = []
-            for work, future in batch:
+            future, items = batch
+            pairs = iter(items)
+            for work in pairs:
                 try:
-                    work()
+                    work(next(pairs))
                 except Exception:  # the work guards handlers; this is a last resort
                     logger.exception("dispatch failed")
-                if future is not None:
-                    done.append(future)
-            if done and self._loop is not None and not self._loop.is_closed():
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    self._loop.call_soon_threadsafe(_resolve, done)
+                    loop.call_soon_threadsafe(_resolve, future)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Let queued work finish, up to `timeout` seconds (a stuck handler is abandoned)."""
@@ -175,10 +179,9 @@ class Dispatcher:
                     )
 
 
-_Work = tuple[Callable[[], None], "asyncio.Future[None] | None"]
+_Batch = tuple["asyncio.Future[None]", list[Any]]
 
 
-def _resolve(done: list[asyncio.Future[None]]) -> None:
-    for future in done:
-        if not future.done():
-            future.set_result(None)
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

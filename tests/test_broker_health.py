@@ -132,7 +132,7 @@ def test_stop_returns_within_stop_timeout_whatever_hangs(caplog: pytest.LogCaptu
     registry = EventRegistry(broker)
     registry.get(EVENT).raised.subscribe(lambda n: release.wait(3600))
     broker.start()
-    broker._dispatcher.submit(lambda: release.wait(3600))  # a stuck plain handler
+    broker._dispatcher.submit(release.wait, 3600)  # a stuck plain handler
     began = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="eventbroker"):
         broker.stop()
