@@ -388,7 +388,7 @@ class EventBroker:
         with self._send_lock:
             sequence = self._sequence + 1
             message_id = f"{self.instance_id}:{sequence}"  # unique: the instance id is random
-            fields = envelope_fields(
+            args = (
                 message_id,
                 event_id,
                 raiser_id,
@@ -402,10 +402,11 @@ class EventBroker:
                 self.host,
             )
             telemetry = self._telemetry
-            if telemetry is None:
-                self._publish_fields(fields)
+            if telemetry is None:  # no fields to show it: encoded straight from the arguments
+                body = self._codec.encode_event(*args)
+                self._publish_body(body, message_id, event_id, raiser_id, False)
             else:
-                telemetry.send(fields, self._publish_fields)
+                telemetry.send(envelope_fields(*args), self._publish_fields)
             self._sequence = sequence  # only a sent message uses up a number: no false gaps
             self._last_publish_at = now
             self._counts["published"] += 1
@@ -414,16 +415,23 @@ class EventBroker:
     def _publish_fields(self, fields: dict[str, Any]) -> None:
         """Sign an event's envelope and hand it to the transport (under `_send_lock`)."""
         body = self._codec.encode_fields(fields)
+        self._publish_body(
+            body, fields["message_id"], fields["event_id"], fields["raiser_id"], "trace" in fields
+        )
+
+    def _publish_body(
+        self, body: bytes, message_id: str, event_id: object, raiser_id: object, traced: bool
+    ) -> None:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "send: event %s from raiser %s as message %s (%d bytes%s)",
-                fields["event_id"],
-                fields["raiser_id"],
-                fields["message_id"],
+                event_id,
+                raiser_id,
+                message_id,
                 len(body),
-                ", traced" if "trace" in fields else "",
+                ", traced" if traced else "",
             )
-        self.transport.publish(TransportMessage(body, fields["message_id"], self.instance_id))
+        self.transport.publish(TransportMessage(body, message_id, self.instance_id))
 
     def _send_heartbeat(self, kind: HeartbeatKind, now: float) -> None:
         """Publish a control message carrying the last sequence number sent (never raises)."""

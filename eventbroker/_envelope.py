@@ -188,6 +188,24 @@ uuid_text = functools.lru_cache(maxsize=4096)(str)
 parse_uuid = functools.lru_cache(maxsize=4096)(uuid.UUID)
 
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_encode_str = json.encoder.encode_basestring
+"""`_encoder.encode` of a str."""
+
+
+def _encode_checked(value: object) -> str:
+    """`_encoder.encode(value)` for a value that `to_wire_param` accepted (so it nests at most
+    `MAX_PARAM_DEPTH` deep and cannot be circular): the C encoder is built once, not per call,
+    and skips the circular-reference bookkeeping."""
+    return "".join(_c_encode(value, 0))
+
+
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)  # CPython's _json
+if _c_make_encoder is not None:
+    _c_encode = _c_make_encoder(
+        None, _encoder.default, _encode_str, None, ":", ",", False, False, False
+    )
+else:  # pragma: no cover  # an interpreter without the C accelerator
+    _encode_checked = _encoder.encode  # type: ignore[assignment]
 
 
 def _refuse_constant(name: str) -> Any:
@@ -286,13 +304,43 @@ def _event_body(fields: dict[str, Any]) -> bytes | None:
     Faster: what is the same for every event of one raiser from one instance is encoded once
     (`_event_parts`); per event only the message id, numbers, param and trace are."""
     keys = [*fields]
-    if keys != _EVENT_ORDER and keys != _EVENT_ORDER_TRACED:
+    if (keys != _EVENT_ORDER and keys != _EVENT_ORDER_TRACED) or fields["version"] is not VERSION:
         return None  # other fields, or in another order
-    sequence = fields["sequence"]
-    sent_at = fields["sent_at"]
-    started_at = fields["started_at"]
+    return _event_body_of(
+        fields["message_id"],
+        fields["event_id"],
+        fields["raiser_id"],
+        fields["instance_id"],
+        fields["application_name"],
+        fields["site_id"],
+        fields["sequence"],
+        fields["sent_at"],
+        fields["param"],
+        fields["started_at"],
+        fields["host"],
+        fields["key_id"],
+        fields.get("trace"),
+    )
+
+
+def _event_body_of(
+    message_id: object,
+    event_id: object,
+    raiser_id: object,
+    instance_id: object,
+    application_name: object,
+    site_id: object,
+    sequence: object,
+    sent_at: object,
+    param: object,
+    started_at: object,
+    host: object,
+    key_id: object,
+    trace: object,
+) -> bytes | None:
+    """`_event_body` of the fields as arguments (the ids as str); None where it does not apply."""
     if (
-        fields["version"] is not VERSION
+        type(message_id) is not str
         or type(sequence) is not int
         or type(sent_at) is not float
         or not math.isfinite(sent_at)
@@ -301,44 +349,35 @@ def _event_body(fields: dict[str, Any]) -> bytes | None:
         return None  # the encoder formats (or refuses) anything else; -0.0 == 0.0 as a key
     try:
         event, sent, tail = _event_parts(
-            fields["event_id"],
-            fields["raiser_id"],
-            fields["instance_id"],
-            fields["application_name"],
-            fields["site_id"],
-            started_at,
-            fields["host"],
-            fields["key_id"],
+            event_id, raiser_id, instance_id, application_name, site_id, started_at, host, key_id
         )
     except (TypeError, ValueError):  # unhashable, or refused: the encoder says what is wrong
         return None
-    encode = _encoder.encode
-    trace = fields.get("trace")
     return "".join(
         (
             _EVENT_HEAD,
-            encode(fields["message_id"]),
+            _encode_str(message_id),
             event,
             repr(sequence),
             ',"sent_at":',
             repr(sent_at),  # what the encoder writes for a finite float
             sent,
-            encode(fields["param"]),
-            tail if trace is None else f',"trace":{encode(trace)}{tail}',
+            _encode_checked(param),
+            tail if trace is None else f',"trace":{_encoder.encode(trace)}{tail}',
         )
     ).encode()
 
 
 @functools.lru_cache(maxsize=1024, typed=True)
 def _event_parts(
-    event_id: str,
-    raiser_id: str,
-    instance_id: str,
-    application_name: str,
-    site_id: str | None,
-    started_at: float | None,
-    host: str | None,
-    key_id: str,
+    event_id: object,
+    raiser_id: object,
+    instance_id: object,
+    application_name: object,
+    site_id: object,
+    started_at: object,
+    host: object,
+    key_id: object,
 ) -> tuple[str, str, str]:
     """The constant JSON around an event's sequence, send time and param (see `_event_body`)."""
     encode = _encoder.encode
@@ -577,6 +616,58 @@ class EnvelopeCodec:
         body = _event_body(fields)
         if body is None:
             body = _encoder.encode(fields).encode()
+        return self._signed(body)
+
+    def encode_event(
+        self,
+        message_id: str,
+        event_id: uuid.UUID,
+        raiser_id: uuid.UUID,
+        instance_id: str,
+        application_name: str,
+        site_id: str | None,
+        sequence: int,
+        sent_at: float,
+        param: Any,
+        started_at: float | None,
+        host: str | None,
+    ) -> bytes:
+        """`encode_fields(envelope_fields(...))` without the fields (an event with no trace)."""
+        body = _event_body_of(
+            message_id,
+            uuid_text(event_id),
+            uuid_text(raiser_id),
+            instance_id,
+            application_name,
+            site_id,
+            sequence,
+            sent_at,
+            param,
+            started_at,
+            host,
+            self.signing_key_id,
+            None,
+        )
+        if body is None:
+            return self.encode_fields(
+                envelope_fields(
+                    message_id,
+                    event_id,
+                    raiser_id,
+                    instance_id,
+                    application_name,
+                    site_id,
+                    sequence,
+                    sent_at,
+                    param,
+                    started_at,
+                    host,
+                )
+            )
+        return self._signed(body)
+
+    def _signed(self, body: bytes) -> bytes:
+        """The wire bytes of `body`, signed; `ValueError` when over `max_message_bytes`."""
         signature = self._signing_key.hexdigest(body)
         wire = b"".join((_PREFIX, signature, b'",', memoryview(body)[1:]))
         if len(wire) > self.max_message_bytes:
