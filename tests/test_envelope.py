@@ -43,6 +43,9 @@ envelopes = st.builds(
     sent_at=st.floats(min_value=NOW - 100, max_value=NOW + 100),
     param=json_values,
     key_id=st.just("k1"),
+    started_at=st.none() | st.floats(min_value=0, max_value=NOW),
+    host=st.none() | st.text(max_size=16),
+    trace=st.none(),  # round trips of trace contexts: tests/test_hostile_input.py
 )
 
 
