@@ -392,9 +392,7 @@ class EventBrokerBackplane:
         if route is _Route.PACKED:
             return
         try:
-            self.event.raise_(self.raiser_id, self._wire(message), EventRaiseOption.RAISE_BROADCAST)
-        except PublishError as exc:
-            raise BackplaneError(f"event broker cannot publish backplane message: {exc}") from exc
+            self._raise_now(self._wire(message))
         finally:
             if route is _Route.LEAD:
                 self._sent()
@@ -411,10 +409,16 @@ class EventBrokerBackplane:
                 self.raiser_id, self._wire(message), EventRaiseOption.RAISE_BROADCAST
             )
         except PublishError as exc:
-            raise BackplaneError(f"event broker cannot publish backplane message: {exc}") from exc
+            raise _refused(exc) from exc
         finally:
             if route is _Route.LEAD:
                 self._sent()
+
+    def _raise_now(self, wire: BackplaneWireMessage) -> None:
+        try:
+            self.event.raise_(self.raiser_id, wire, EventRaiseOption.RAISE_BROADCAST)
+        except PublishError as exc:
+            raise _refused(exc) from exc
 
     def flush(self) -> None:
         """Send what waits in the pack now (at shutdown, in tests). A refused pack goes to the
@@ -450,10 +454,7 @@ class EventBrokerBackplane:
             if len(messages) == 1
             else BackplaneWireMessage.pack(messages, name)
         )
-        try:
-            self.event.raise_(self.raiser_id, wire, EventRaiseOption.RAISE_BROADCAST)
-        except PublishError as exc:
-            raise BackplaneError(f"event broker cannot publish backplane message: {exc}") from exc
+        self._raise_now(wire)
 
     def _packs_readable(self) -> bool:
         """Whether every instance heard from reads packs (one not yet heard from is assumed
@@ -643,3 +644,7 @@ class EventBrokerBackplane:
         if options is None or options.connect_handler is None or state not in _BACK_ONLINE:
             return
         options.connect_handler(BackplaneConnectionInfo(is_reconnection=_BACK_ONLINE[state]))
+
+
+def _refused(exc: PublishError) -> BackplaneError:
+    return BackplaneError(f"event broker cannot publish backplane message: {exc}")
