@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from cache import (
+    BackplaneError,
     BackplaneMessage,
     BackplaneMessageAction,
     CacheOptions,
@@ -165,6 +166,26 @@ async def test_manual_path_async_without_source_id(
     )
     hub.drain()
     assert web.cache.try_get("k").has_value is False
+
+
+async def test_a_refused_publish_is_a_backplane_error_naming_the_cause(
+    spawn: Callable[..., Instance], hub: InMemoryHub
+) -> None:
+    job = spawn(with_l2=False)
+    message = BackplaneMessage(cache_key="k", action=BackplaneMessageAction.ENTRY_EXPIRE)
+    hub.go_down()
+    for publish in (
+        lambda: job.backplane.publish(message, EntryOptions()),  # leaves at once: no window open
+        lambda: job.backplane.publish_envelope([message, message]),
+    ):
+        with pytest.raises(
+            BackplaneError, match=r"cannot publish backplane message: .*hub is down"
+        ):
+            publish()
+        job.backplane._quiet_until = float("-inf")  # no window open: the next one leaves at once
+    job.backplane._quiet_until = float("-inf")
+    with pytest.raises(BackplaneError, match="hub is down"):
+        await job.backplane.publish_async(message, EntryOptions())
 
 
 def test_job_simple_call_expire(spawn: Callable[..., Instance], hub: InMemoryHub) -> None:
