@@ -33,6 +33,7 @@ from ._backplane_accessor import BackplaneAccessor, log_background_failure
 from ._context import FactoryContext, normalize_tags
 from ._core import NO_DEFAULT, Counts, Load, MaybeValue
 from ._decorator import P, R, cached
+from ._diagnostics import LogLimiter
 from ._distributed import CircuitBreaker, DistributedCache, GuardedDistributedCache, describe
 from ._drivers import Driver, is_async_callable
 from ._flights import RETRY, Flight, Flights
@@ -93,6 +94,7 @@ class HybridCache(IncomingMessages):
         self.instance_id: str = self.options.instance_id or uuid.uuid4().hex
         """This cache's id: the `source_id` of its backplane messages."""
         self._clock = clock
+        self._lost_log = LogLimiter(logger, clock)
         self._memory = MemoryCache(self.options.max_entries)
         self._l1 = self._memory.entries
         self._hit_watched = False

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from ._backplane import BackplaneMessage, BackplaneMessageAction
 from ._backplane_accessor import BackplaneAccessor
 from ._core import CacheCore, Counts
+from ._diagnostics import LogLimiter
 from ._marks import CLEAR, NEVER
 from ._memory import MemoryCache
 from ._options import CacheOptions
@@ -28,6 +29,7 @@ class IncomingMessages(CacheCore):
     _memory: MemoryCache
     _counts: Counts
     _bp: BackplaneAccessor | None
+    _lost_log: LogLimiter
 
     def _on_backplane_message(self, message: BackplaneMessage) -> None:
         """Apply another instance's change to L1 (called from the backplane's thread)."""
@@ -102,7 +104,8 @@ class IncomingMessages(CacheCore):
         fail-safe); the next read takes a newer L2 value if there is one, else calls the factory."""
         if self.options.ignore_incoming_backplane_notifications:
             return
-        logger.warning(
+        self._lost_log.warn(  # once a minute, with a count: it may come with every message
+            "messages_lost",
             "cache %r: backplane messages may have been lost; expiring every local entry "
             "(values kept for fail-safe)",
             self.options.name,

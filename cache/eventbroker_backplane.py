@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
+from cache._diagnostics import LogLimiter
 from eventbroker import (
     ConnectionState,
     EventBroker,
@@ -40,7 +41,6 @@ from eventbroker import (
     PublishError,
     Subscription,
 )
-from eventbroker._diagnostics import LogLimiter
 from eventbroker._envelope import converter
 
 from ._backplane import (

@@ -32,7 +32,8 @@ from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBu
 from azure.servicebus.amqp import AmqpMessageBodyType
 from azure.servicebus.exceptions import MessageSizeExceededError
 
-from .._diagnostics import LogLimiter
+from cache._diagnostics import LogLimiter
+
 from .._transport import (
     ConnectionState,
     PublishError,

@@ -6,6 +6,7 @@ test calls `flush()` (or it is full): what waits and what leaves is decided by t
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -525,6 +526,20 @@ def test_an_unknown_action_expires_every_local_entry(
     hub.drain()
     assert stale_only(b.cache, "x") and stale_only(b.cache, "y")
     assert b.backplane.refused_items == 0
+
+
+def test_a_stream_of_unknown_actions_expires_every_time_and_warns_once_a_minute(
+    hub: InMemoryHub, nodes: list[Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = two(hub, nodes)
+    with caplog.at_level(logging.WARNING, logger="cache"):
+        for n in range(20):  # a newer release's action, with every message it sends
+            b.cache.set("x", n)
+            raise_wire(a, {"cache_key": "x", "action": "entry_frobnicate", "timestamp": 4e9})
+            hub.drain()
+            assert stale_only(b.cache, "x")  # each one: it may have missed an invalidation
+    lost = [r for r in caplog.records if "may have been lost" in r.getMessage()]
+    assert [r.name for r in lost] == ["cache._hybrid"]  # once, not 20 times
 
 
 # ------------------------------------------------------------------------ settings

@@ -1,4 +1,7 @@
-"""Bounded bookkeeping for operators: rate-limited log lines and last-minute counts."""
+"""Bounded bookkeeping for operators: rate-limited log lines and last-minute counts.
+
+Shared by `cache` and `eventbroker` (which imports it from here): it lives in the lower layer,
+like `Signal` and `Health`."""
 
 from __future__ import annotations
 
