@@ -21,6 +21,15 @@ def loop() -> Iterator[IoLoop]:
     io.stop()
 
 
+@pytest.fixture
+def dispatcher(loop: IoLoop) -> Iterator[Dispatcher]:
+    started = Dispatcher("test-dispatch")
+    assert loop.loop is not None
+    started.start(loop.loop)
+    yield started
+    started.stop()
+
+
 def submit_on_loop(
     io: IoLoop, dispatcher: Dispatcher, items: list[tuple[object, object]]
 ) -> list[asyncio.Future[None]]:
@@ -32,10 +41,9 @@ def submit_on_loop(
     return io.run(burst())
 
 
-def test_work_runs_in_order_and_each_future_resolves_after_its_work(loop: IoLoop) -> None:
-    dispatcher = Dispatcher("test-dispatch")
-    assert loop.loop is not None
-    dispatcher.start(loop.loop)
+def test_work_runs_in_order_and_each_future_resolves_after_its_work(
+    loop: IoLoop, dispatcher: Dispatcher
+) -> None:
     ran: list[int] = []
     gate = threading.Event()
 
@@ -55,15 +63,11 @@ def test_work_runs_in_order_and_each_future_resolves_after_its_work(loop: IoLoop
 
     loop.run(wait_all(), timeout=10)
     assert ran == list(range(300))
-    dispatcher.stop()
 
 
 def test_failing_work_is_logged_and_the_batch_goes_on(
-    loop: IoLoop, caplog: pytest.LogCaptureFixture
+    loop: IoLoop, dispatcher: Dispatcher, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dispatcher = Dispatcher("test-dispatch")
-    assert loop.loop is not None
-    dispatcher.start(loop.loop)
     ran: list[int] = []
 
     def work(n: int) -> None:
@@ -80,13 +84,9 @@ def test_failing_work_is_logged_and_the_batch_goes_on(
         loop.run(wait_all(), timeout=10)
     assert ran == [0, 1, 3, 4]
     assert "dispatch failed" in caplog.text and "boom" in caplog.text
-    dispatcher.stop()
 
 
-def test_stop_runs_what_was_submitted(loop: IoLoop) -> None:
-    dispatcher = Dispatcher("test-dispatch")
-    assert loop.loop is not None
-    dispatcher.start(loop.loop)
+def test_stop_runs_what_was_submitted(loop: IoLoop, dispatcher: Dispatcher) -> None:
     ran: list[int] = []
     gate = threading.Event()
 
