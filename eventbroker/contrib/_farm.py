@@ -36,7 +36,7 @@ from .._presence import InstanceInfo
 from .._registry import EventRegistry
 
 if TYPE_CHECKING:
-    from jobs import JobProgress, JobRun, JobScheduler, ScheduledJob
+    from jobs import JobProgress, JobRun, JobScheduler, RunJobRequest, ScheduledJob, StopJobRequest
 
 SUMMARY_VERSION = 1
 MAX_CACHES = 16
@@ -725,33 +725,54 @@ def _merge_jobs(
 def request_run(reporter: FarmReporter, job_id: uuid.UUID) -> str:
     """Run a job now: through this instance's scheduler when it has the job, else by asking
     every scheduler of the farm through the broker. Returns what was done, in words."""
-    from jobs import JOBS_RAISER_ID, RUN_JOB_EVENT_ID, RunJobRequest
+    from jobs import RUN_JOB_EVENT_ID, JobScheduler, RunJobRequest
 
-    scheduler = reporter.scheduler
-    if scheduler is not None and job_id in scheduler.jobs:
-        scheduler.run_now(job_id)
-        return "run requested on this instance"
-    event = reporter.registry.get(RUN_JOB_EVENT_ID, param_type=RunJobRequest)
-    event.raise_(
-        JOBS_RAISER_ID,
-        RunJobRequest(job_id=str(job_id), requested_by=reporter.broker.instance_id),
-        EventRaiseOption.RAISE_BROADCAST,
+    return _request(
+        reporter,
+        job_id,
+        JobScheduler.run_now,
+        "run requested on this instance",
+        RUN_JOB_EVENT_ID,
+        RunJobRequest,
+        "run requested from the instances that schedule it",
     )
-    return "run requested from the instances that schedule it"
 
 
 def request_stop(reporter: FarmReporter, job_id: uuid.UUID) -> str:
     """Ask the running copy of a job to stop, wherever it runs (through the broker)."""
-    from jobs import JOBS_RAISER_ID, STOP_JOB_EVENT_ID, StopJobRequest
+    from jobs import STOP_JOB_EVENT_ID, JobScheduler, StopJobRequest
+
+    return _request(
+        reporter,
+        job_id,
+        JobScheduler.request_stop,
+        "stop requested",
+        STOP_JOB_EVENT_ID,
+        StopJobRequest,
+        "stop requested from the instance running it",
+    )
+
+
+def _request(
+    reporter: FarmReporter,
+    job_id: uuid.UUID,
+    here: Callable[[JobScheduler, uuid.UUID], object],
+    done_here: str,
+    event_id: uuid.UUID,
+    request_type: type[RunJobRequest] | type[StopJobRequest],
+    done_by_farm: str,
+) -> str:
+    """`here` on this instance's scheduler when it has the job, else the request to the farm."""
+    from jobs import JOBS_RAISER_ID
 
     scheduler = reporter.scheduler
     if scheduler is not None and job_id in scheduler.jobs:
-        scheduler.request_stop(job_id)
-        return "stop requested"
-    event = reporter.registry.get(STOP_JOB_EVENT_ID, param_type=StopJobRequest)
+        here(scheduler, job_id)
+        return done_here
+    event = reporter.registry.get(event_id, param_type=request_type)
     event.raise_(
         JOBS_RAISER_ID,
-        StopJobRequest(job_id=str(job_id), requested_by=reporter.broker.instance_id),
+        request_type(job_id=str(job_id), requested_by=reporter.broker.instance_id),
         EventRaiseOption.RAISE_BROADCAST,
     )
-    return "stop requested from the instance running it"
+    return done_by_farm
