@@ -597,7 +597,9 @@ class EnvelopeCodec:
         self.replay_window = replay_window
 
     def encode(self, envelope: Envelope) -> bytes:
-        """The signed wire bytes. `ValueError` naming both sizes when over `max_message_bytes`."""
+        """The signed wire bytes. `ValueError` naming both sizes when over `max_message_bytes`.
+
+        The param is taken as `to_wire_param` returns it (checked, JSON values only)."""
         return self.encode_fields(
             envelope_fields(
                 envelope.message_id,
