@@ -68,8 +68,6 @@ MAX_PACK_ITEMS = 10_000
 """A received pack with more items is refused whole (the messages-lost path)."""
 _ENVELOPE_MARGIN = 2048
 """Bytes kept free in a pack's envelope for the envelope's own fields (ids, times, trace)."""
-_PROTOCOL_RECHECK = 1.0
-"""Seconds a look at `broker.instances` (who reads packs) is trusted."""
 
 _BACK_ONLINE = {
     ConnectionState.CONNECTED: False,
@@ -350,8 +348,6 @@ class EventBrokerBackplane:
         self._quiet_until = float("-inf")  # the open window's end
         self._flusher: threading.Thread | None = None
         self._stopping = False
-        self._readable = True
-        self._readable_until = float("-inf")
 
     @property
     def is_connected(self) -> bool:
@@ -458,15 +454,9 @@ class EventBrokerBackplane:
 
     def _packs_readable(self) -> bool:
         """Whether every instance heard from reads packs (one not yet heard from is assumed
-        to); looked up at most once per `_PROTOCOL_RECHECK`."""
-        now = self._clock()
-        if now >= self._readable_until:
-            self._readable = all(
-                info.protocol is None or info.protocol >= PACK_PROTOCOL
-                for info in self.broker.instances
-            )
-            self._readable_until = now + _PROTOCOL_RECHECK
-        return self._readable
+        to). Up to date: the broker keeps the lowest protocol as heartbeats arrive."""
+        lowest = self.broker.lowest_peer_protocol
+        return lowest is None or lowest >= PACK_PROTOCOL
 
     def _pack_budget(self) -> int:
         """Bytes a pack's items may take so that its envelope stays within the broker's

@@ -914,6 +914,13 @@ class EventBroker:
         return self._presence.instances()
 
     @property
+    def lowest_peer_protocol(self) -> int | None:
+        """The lowest `InstanceInfo.protocol` among `instances` (None while none has sent a
+        heartbeat): what every peer heard from can read. Kept up to date as heartbeats, byes
+        and silences arrive, and cheap to read: a sender may look before every message."""
+        return self._presence.lowest_protocol
+
+    @property
     def instance_info(self) -> InstanceInfo:
         """This instance, as the others see it."""
         return InstanceInfo(

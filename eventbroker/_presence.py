@@ -6,6 +6,7 @@ removed by its bye, and drops out when not heard from for three of its heartbeat
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -88,6 +89,10 @@ class _Record:
         )
 
 
+def _last_seen(record: _Record) -> float:
+    return record.last_seen
+
+
 class Presence:
     """The instances heard from, bounded by `max_instances` (least recently heard drop first)."""
 
@@ -97,6 +102,10 @@ class Presence:
         self._max = max_instances
         self._records: dict[str, _Record] = {}
         self._last_heartbeat: dict[str, float] = {}  # sent_at of the newest heartbeat taken
+        self._protocols: Counter[int] = Counter()  # the protocols the records said, counted
+        self.lowest_protocol: int | None = None
+        """The lowest `InstanceInfo.protocol` among the instances present (None: none said
+        one yet); kept up to date on every change, so any thread reads it at no cost."""
 
     def heartbeat(self, heartbeat: Heartbeat, now: float) -> bool:
         """Record a heartbeat; False for one not newer than the last taken (a replay)."""
@@ -112,7 +121,10 @@ class Presence:
         if heartbeat.last_sequence > (record.last_sequence or 0):
             record.last_sequence = heartbeat.last_sequence
         record.heartbeat_interval = heartbeat.interval
-        record.protocol = heartbeat.protocol
+        if record.protocol != heartbeat.protocol:
+            self._count_protocol(record.protocol, -1)
+            record.protocol = heartbeat.protocol
+            self._count_protocol(record.protocol, 1)
         summary = heartbeat.summary
         record.summary = summary if isinstance(summary, Mapping) else None
         return True
@@ -129,7 +141,9 @@ class Presence:
             record.last_sequence = envelope.sequence
 
     def bye(self, instance_id: str) -> None:
-        self._records.pop(instance_id, None)
+        record = self._records.pop(instance_id, None)
+        if record is not None:
+            self._count_protocol(record.protocol, -1)
 
     def expire(self, now: float) -> list[InstanceInfo]:
         """Remove and return the instances silent for `MISSED_HEARTBEATS` intervals."""
@@ -137,6 +151,7 @@ class Presence:
         for record in gone:
             del self._records[record.instance_id]
             self._last_heartbeat.pop(record.instance_id, None)
+            self._count_protocol(record.protocol, -1)
         return [record.info() for record in gone]
 
     def instances(self) -> list[InstanceInfo]:
@@ -160,9 +175,20 @@ class Presence:
         if record is None:
             record = records[instance_id] = _Record(instance_id, application_name, site_id)
             if len(records) > self._max:
-                oldest = min(records.values(), key=lambda r: r.last_seen)
+                # the least recently heard of the others (the new record has not been heard yet)
+                oldest = min((r for r in records.values() if r is not record), key=_last_seen)
                 del records[oldest.instance_id]
+                self._count_protocol(oldest.protocol, -1)
             if len(self._last_heartbeat) > 2 * self._max:
                 for stale in [k for k in self._last_heartbeat if k not in records]:
                     del self._last_heartbeat[stale]
         return record
+
+    def _count_protocol(self, protocol: int | None, step: int) -> None:
+        if protocol is None:
+            return
+        protocols = self._protocols
+        protocols[protocol] += step
+        if protocols[protocol] <= 0:
+            del protocols[protocol]
+        self.lowest_protocol = min(protocols, default=None)  # a few distinct values at most

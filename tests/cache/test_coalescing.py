@@ -428,6 +428,41 @@ def test_an_old_release_peer_gets_single_messages(hub: InMemoryHub, nodes: list[
     assert all(w.items is None for w in b.wires())
 
 
+def test_packs_stop_the_moment_an_old_release_is_heard_and_resume_when_it_leaves(
+    hub: InMemoryHub, nodes: list[Node]
+) -> None:
+    a, b = two(hub, nodes)
+    a.cache.set("k0", 0)  # leaves at once
+    a.cache.set("k1", 1)
+    a.cache.set("k1b", 1)
+    a.backplane.flush()  # a pack: every peer heard from reads packs
+    hub.drain()
+    assert [w.action for w in b.wires()] == ["entry_set", PACK_ACTION]
+    old = Node(hub, MemoryDistributedCache(), old_release=True)
+    nodes.append(old)
+    hub.drain()  # a hears old's hello; a's clock has not moved: nothing is cached from before
+    assert a.broker.lowest_peer_protocol == 1
+    a.cache.set("k2", 2)
+    a.cache.set("k3", 3)
+    hub.drain()  # each left alone, at once
+    assert [(w.action, w.cache_key) for w in old.wires()] == [
+        ("entry_set", "k2"),
+        ("entry_set", "k3"),
+    ]
+    old.broker.stop()  # its bye: every peer left reads packs again
+    nodes.remove(old)
+    old.cache.close()
+    hub.drain()
+    assert a.broker.lowest_peer_protocol == PROTOCOL
+    a.clock.advance(WINDOW)
+    a.cache.set("k4", 4)  # leads a new window
+    a.cache.set("k5", 5)
+    a.cache.set("k6", 6)
+    a.backplane.flush()
+    hub.drain()
+    assert [w.action for w in b.wires()[-2:]] == ["entry_set", PACK_ACTION]
+
+
 def test_heartbeat_protocol_round_trip_absent_and_refused() -> None:
     codec = EnvelopeCodec(normalize_keys(SECRET), max_message_bytes=4096, replay_window=300)
     beat = Heartbeat(
