@@ -30,7 +30,6 @@ from typing import Any
 import attrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
-from cache._diagnostics import LogLimiter
 from eventbroker import (
     ConnectionState,
     EventBroker,
@@ -49,6 +48,7 @@ from ._backplane import (
     BackplaneMessageAction,
     BackplaneSubscriptionOptions,
 )
+from ._diagnostics import LogLimiter
 from ._errors import BackplaneError
 from ._options import EntryOptions, _seconds
 from ._settings import EnvSettings, env, integer, number

@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from cache._diagnostics import LogLimiter, RecentCounts
 from cache._health import Health
 
 from ._args import (
@@ -57,6 +56,7 @@ from ._args import (
     MessageRefusedEventArgs,
     MissedReason,
 )
+from ._diagnostics import LogLimiter, RecentCounts
 from ._envelope import (
     Envelope,
     EnvelopeCodec,

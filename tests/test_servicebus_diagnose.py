@@ -19,7 +19,7 @@ from azure.servicebus.exceptions import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cache._diagnostics import LogLimiter
+from eventbroker._diagnostics import LogLimiter
 from eventbroker.servicebus import ServiceBusOptions, ServiceBusStartError
 from eventbroker.servicebus._diagnose import describe, is_configuration_error, redact
 

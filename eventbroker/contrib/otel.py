@@ -51,9 +51,8 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
         f"'eventbroker-cache[otel]' ({exc})"
     ) from None
 
-from cache._diagnostics import LogLimiter
-
 from .._broker import EventBroker
+from .._diagnostics import LogLimiter
 from .._envelope import Envelope, TraceContext
 from .._telemetry import DeliveryScope
 

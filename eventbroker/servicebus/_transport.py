@@ -32,8 +32,7 @@ from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBu
 from azure.servicebus.amqp import AmqpMessageBodyType
 from azure.servicebus.exceptions import MessageSizeExceededError
 
-from cache._diagnostics import LogLimiter
-
+from .._diagnostics import LogLimiter
 from .._transport import (
     ConnectionState,
     PublishError,
